@@ -1,0 +1,9 @@
+//! Sluice: an RTP media relay with an XDP fast path.
+//!
+//! The daemon (`sluice`) and the CLI (`sluicectl`) are thin binaries over this library.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod datapath;
+pub mod metrics;
