@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// The embedded default configuration, as printed by `sluice --print-default-config`.
 pub const DEFAULT_TOML: &str = include_str!("../sluice.default.toml");
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub log: LogConfig,
@@ -137,19 +137,6 @@ impl fmt::Display for ListenSpec {
         match self {
             ListenSpec::Udp(addr) => write!(f, "udp:{addr}"),
             ListenSpec::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            log: LogConfig::default(),
-            media: MediaConfig::default(),
-            rtpproxy: RtpproxyConfig::default(),
-            grpc: GrpcConfig::default(),
-            metrics: MetricsConfig::default(),
-            xdp: XdpConfig::default(),
         }
     }
 }

@@ -22,6 +22,7 @@ const NIGHTLY: &str = "nightly";
 
 pub fn run() -> Result<()> {
     apt_packages()?;
+    stable_components()?;
     nightly_rust_src()?;
     bpf_linker()?;
     Ok(())
@@ -91,6 +92,38 @@ fn dpkg_installed(pkg: &str) -> bool {
         .output()
         .map(|o| o.status.success() && o.stdout.starts_with(b"ii"))
         .unwrap_or(false)
+}
+
+/// CI runs `cargo fmt --check` and `cargo clippy`; minimal rustup profiles lack both.
+fn stable_components() -> Result<()> {
+    let missing: Vec<&str> = [("rustfmt", "fmt"), ("clippy", "clippy")]
+        .into_iter()
+        .filter(|(_, sub)| {
+            !Command::new("cargo")
+                .args([sub, "--version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|(component, _)| component)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: adding rustup component(s) {}", missing.join(", "));
+    let status = Command::new("rustup")
+        .args(["component", "add"])
+        .args(&missing)
+        .status()
+        .context("cannot run rustup")?;
+    if !status.success() {
+        bail!(
+            "could not install rustup component(s) {}",
+            missing.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn nightly_rust_src() -> Result<()> {

@@ -1,5 +1,6 @@
 //! `sluice`: the relay daemon.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,7 +108,12 @@ fn run(config: Config) -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .context("log filter")?;
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Logs go to stderr (journald/docker capture it); stdout stays for command output.
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,0 +1,317 @@
+//! Network-namespace topology on 198.18.0.0/15 (RFC 2544 benchmark range) and 2001:2::/48:
+//!
+//! ```text
+//!  {prefix}-caller            {prefix}-relay                 {prefix}-callee
+//!  eth0 198.18.1.2/24 ── veth ── caller 198.18.1.1/24
+//!       2001:2:0:1::2/64           2001:2:0:1::1/64
+//!                                callee 198.18.2.1/24 ── veth ── eth0 198.18.2.2/24
+//!                                       2001:2:0:2::1/64           2001:2:0:2::2/64
+//! ```
+//!
+//! Built with the `ip` command (iproute2). Building is idempotent (leftovers of the same prefix
+//! are removed first) and a [`Topology`] removes its namespaces when dropped, which also removes
+//! the veth pairs inside them.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopoError {
+    #[error("`ip {args}` failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("cannot run `ip` (install iproute2): {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot enter network namespace {ns}: {source}")]
+    Enter { ns: String, source: std::io::Error },
+    #[error("prefix `{0}` must be 1-12 characters of [a-z0-9-]")]
+    Prefix(String),
+}
+
+/// The three roles of the topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Caller,
+    Relay,
+    Callee,
+}
+
+impl Role {
+    fn suffix(self) -> &'static str {
+        match self {
+            Role::Caller => "caller",
+            Role::Relay => "relay",
+            Role::Callee => "callee",
+        }
+    }
+}
+
+pub const CALLER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const RELAY_CALLER_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const RELAY_CALLEE_SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const CALLEE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const CALLER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 2);
+pub const RELAY_CALLER_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 1, 0, 0, 0, 1);
+pub const RELAY_CALLEE_SIDE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 1);
+pub const CALLEE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
+
+/// Device names inside the namespaces.
+pub const ENDPOINT_DEV: &str = "eth0";
+pub const RELAY_CALLER_DEV: &str = "caller";
+pub const RELAY_CALLEE_DEV: &str = "callee";
+
+/// A live topology; dropping it tears it down unless [`Topology::keep`] was called.
+#[derive(Debug)]
+pub struct Topology {
+    prefix: String,
+    keep: bool,
+}
+
+impl Topology {
+    /// Builds the topology under `prefix` (namespaces `{prefix}-caller|relay|callee`).
+    pub fn up(prefix: &str) -> Result<Topology, TopoError> {
+        validate_prefix(prefix)?;
+        down(prefix)?;
+        // Own it from here: a failure half-way through tears down what was built.
+        let topo = Topology {
+            prefix: prefix.to_owned(),
+            keep: false,
+        };
+        for role in [Role::Caller, Role::Relay, Role::Callee] {
+            ip(&["netns", "add", &topo.ns(role)])?;
+            ip(&["-n", &topo.ns(role), "link", "set", "lo", "up"])?;
+        }
+        let (caller, relay, callee) = (
+            topo.ns(Role::Caller),
+            topo.ns(Role::Relay),
+            topo.ns(Role::Callee),
+        );
+        link_pair(&caller, ENDPOINT_DEV, &relay, RELAY_CALLER_DEV)?;
+        link_pair(&callee, ENDPOINT_DEV, &relay, RELAY_CALLEE_DEV)?;
+        let v4 = |a: Ipv4Addr| format!("{a}/24");
+        let v6 = |a: Ipv6Addr| format!("{a}/64");
+        addr(&caller, ENDPOINT_DEV, &v4(CALLER_V4), &v6(CALLER_V6))?;
+        addr(
+            &relay,
+            RELAY_CALLER_DEV,
+            &v4(RELAY_CALLER_SIDE_V4),
+            &v6(RELAY_CALLER_SIDE_V6),
+        )?;
+        addr(
+            &relay,
+            RELAY_CALLEE_DEV,
+            &v4(RELAY_CALLEE_SIDE_V4),
+            &v6(RELAY_CALLEE_SIDE_V6),
+        )?;
+        addr(&callee, ENDPOINT_DEV, &v4(CALLEE_V4), &v6(CALLEE_V6))?;
+        // Endpoints reach the whole benchmark range through the relay's address on their link.
+        route(&caller, "198.18.0.0/15", &RELAY_CALLER_SIDE_V4.to_string())?;
+        route(&caller, "2001:2::/48", &RELAY_CALLER_SIDE_V6.to_string())?;
+        route(&callee, "198.18.0.0/15", &RELAY_CALLEE_SIDE_V4.to_string())?;
+        route(&callee, "2001:2::/48", &RELAY_CALLEE_SIDE_V6.to_string())?;
+        Ok(topo)
+    }
+
+    /// A prefix unique to this process and call, for tests running in parallel.
+    pub fn unique_prefix(tag: &str) -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut prefix = format!("{tag}{}-{n}", std::process::id() % 100_000);
+        prefix.truncate(12);
+        prefix
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Namespace name of `role`.
+    pub fn ns(&self, role: Role) -> String {
+        format!("{}-{}", self.prefix, role.suffix())
+    }
+
+    /// Leaves the topology up after drop (for `sluice-bench topo up`).
+    pub fn keep(mut self) {
+        self.keep = true;
+    }
+
+    /// Runs `f` on a thread inside `role`'s namespace. Sockets and BPF links created there stay
+    /// in that namespace when used from other threads afterwards.
+    pub fn run_in<R: Send>(
+        &self,
+        role: Role,
+        f: impl FnOnce() -> R + Send,
+    ) -> Result<R, TopoError> {
+        run_in_netns(&self.ns(role), f)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if !self.keep
+            && let Err(e) = down(&self.prefix)
+        {
+            eprintln!("topology {}: teardown failed: {e}", self.prefix);
+        }
+    }
+}
+
+/// Removes every namespace of `prefix` (and with them their veth pairs). Idempotent.
+pub fn down(prefix: &str) -> Result<(), TopoError> {
+    validate_prefix(prefix)?;
+    for role in [Role::Caller, Role::Relay, Role::Callee] {
+        let ns = format!("{prefix}-{}", role.suffix());
+        if std::path::Path::new("/run/netns").join(&ns).exists() {
+            ip(&["netns", "delete", &ns])?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `f` on a fresh thread whose network namespace is `ns` (setns(2) is per thread).
+pub fn run_in_netns<R: Send>(ns: &str, f: impl FnOnce() -> R + Send) -> Result<R, TopoError> {
+    let enter_err = |source| TopoError::Enter {
+        ns: ns.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(enter_err)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| enter_err(std::io::Error::from(e)))?;
+                Ok(f())
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Address of `role` on the link towards the other side, for tests that need "the" address.
+pub fn addr_of(role: Role, v6: bool) -> IpAddr {
+    match (role, v6) {
+        (Role::Caller, false) => CALLER_V4.into(),
+        (Role::Caller, true) => CALLER_V6.into(),
+        (Role::Relay, false) => RELAY_CALLER_SIDE_V4.into(),
+        (Role::Relay, true) => RELAY_CALLER_SIDE_V6.into(),
+        (Role::Callee, false) => CALLEE_V4.into(),
+        (Role::Callee, true) => CALLEE_V6.into(),
+    }
+}
+
+fn validate_prefix(prefix: &str) -> Result<(), TopoError> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 12
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TopoError::Prefix(prefix.to_owned()))
+    }
+}
+
+fn link_pair(ns_a: &str, dev_a: &str, ns_b: &str, dev_b: &str) -> Result<(), TopoError> {
+    ip(&[
+        "-n", ns_a, "link", "add", dev_a, "type", "veth", "peer", "name", dev_b, "netns", ns_b,
+    ])?;
+    ip(&["-n", ns_a, "link", "set", dev_a, "up"])?;
+    ip(&["-n", ns_b, "link", "set", dev_b, "up"])
+}
+
+fn addr(ns: &str, dev: &str, v4: &str, v6: &str) -> Result<(), TopoError> {
+    ip(&["-n", ns, "addr", "add", v4, "dev", dev])?;
+    // nodad: the address is usable at once instead of after duplicate address detection.
+    ip(&["-n", ns, "-6", "addr", "add", v6, "dev", dev, "nodad"])
+}
+
+fn route(ns: &str, dst: &str, via: &str) -> Result<(), TopoError> {
+    ip(&["-n", ns, "route", "add", dst, "via", via])
+}
+
+fn ip(args: &[&str]) -> Result<(), TopoError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(TopoError::Spawn)?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TopoError::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_checked() {
+        assert!(validate_prefix("sb").is_ok());
+        assert!(validate_prefix("t12345-0").is_ok());
+        for bad in ["", "UPPER", "has space", "much-too-long-prefix", "a/b"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn unique_prefixes_differ_and_fit() {
+        let a = Topology::unique_prefix("t");
+        let b = Topology::unique_prefix("t");
+        assert_ne!(a, b);
+        assert!(validate_prefix(&a).is_ok(), "{a}");
+    }
+
+    #[test]
+    fn addresses_are_in_benchmark_ranges() {
+        for role in [Role::Caller, Role::Relay, Role::Callee] {
+            match addr_of(role, false) {
+                IpAddr::V4(a) => assert_eq!(a.octets()[..2], [198, 18]),
+                IpAddr::V6(_) => unreachable!(),
+            }
+            match addr_of(role, true) {
+                IpAddr::V6(a) => assert_eq!(a.segments()[..2], [0x2001, 2]),
+                IpAddr::V4(_) => unreachable!(),
+            }
+        }
+    }
+
+    #[test]
+    fn topology_comes_up_and_goes_away() {
+        if !crate::privileged::privileged_or_skip("topology_comes_up_and_goes_away") {
+            return;
+        }
+        let prefix = Topology::unique_prefix("tt");
+        let topo = Topology::up(&prefix).expect("topology up");
+        let relay_addr = std::net::SocketAddr::new(RELAY_CALLER_SIDE_V4.into(), 40_000);
+        let receiver = topo
+            .run_in(Role::Relay, || std::net::UdpSocket::bind(relay_addr))
+            .unwrap()
+            .expect("bind in relay namespace");
+        topo.run_in(Role::Caller, || {
+            let s = std::net::UdpSocket::bind((CALLER_V4, 0)).unwrap();
+            s.send_to(b"hello", relay_addr).unwrap();
+        })
+        .unwrap();
+        receiver
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = receiver
+            .recv_from(&mut buf)
+            .expect("datagram across the veth");
+        assert_eq!(&buf[..n], b"hello");
+        assert_eq!(from.ip(), IpAddr::from(CALLER_V4));
+        drop(topo);
+        assert!(
+            !std::path::Path::new("/run/netns")
+                .join(format!("{prefix}-relay"))
+                .exists()
+        );
+    }
+}
