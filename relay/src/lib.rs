@@ -7,3 +7,4 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod metrics;
+pub mod rtp;

@@ -1,2 +1,3 @@
-//! Control front ends. The gRPC service (sluice.v1) lives in `grpc`.
+//! Control front ends: gRPC (sluice.v1) and the rtpproxy protocol.
 pub mod grpc;
+pub mod rtpp;

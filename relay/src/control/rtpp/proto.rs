@@ -1,0 +1,1 @@
+//! rtpproxy control protocol wire format (sans-IO).

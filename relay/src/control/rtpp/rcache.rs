@@ -1,0 +1,1 @@
+//! Reply cache for retransmitted rtpproxy commands (sans-IO).
