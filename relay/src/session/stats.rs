@@ -1,0 +1,94 @@
+//! Counters shared between the datapath worker that owns a stream (sole writer, relaxed
+//! atomics on its own cache lines) and the control plane (reader: queries, timeouts, metrics).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Per leg: what arrived from the leg's remote endpoint and what was sent to it.
+#[derive(Debug, Default)]
+pub struct LegCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// From a source the latch rules reject (RTP Bleed attempts among them).
+    pub dropped_source: AtomicU64,
+    /// Received before the other leg had anywhere to send it (offer not yet answered).
+    pub dropped_no_destination: AtomicU64,
+    /// Lost in the socket receive queue while the stream was flooded (kernel drop counter).
+    pub dropped_overflow: AtomicU64,
+    /// Send failures (e.g. no route, buffer full).
+    pub dropped_send: AtomicU64,
+    pub rtp_expected: AtomicU64,
+    pub rtp_lost: AtomicI64,
+    pub rtp_out_of_order: AtomicU64,
+    pub rtp_jitter_us: AtomicU64,
+    /// Last accepted packet, in `clock` nanoseconds; 0 = none yet.
+    pub last_rx_ns: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+pub struct StreamShared {
+    pub legs: [LegCounters; 2],
+}
+
+impl StreamShared {
+    /// Latest packet seen on either leg, in `clock` nanoseconds (0 = never).
+    pub fn last_rx_ns(&self) -> u64 {
+        self.legs
+            .iter()
+            .map(|l| l.last_rx_ns.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A plain copy of [`LegCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LegSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub dropped_source: u64,
+    pub dropped_no_destination: u64,
+    pub dropped_overflow: u64,
+    pub dropped_send: u64,
+    pub rtp_expected: u64,
+    pub rtp_lost: i64,
+    pub rtp_out_of_order: u64,
+    pub rtp_jitter_us: u64,
+    pub last_rx_ns: u64,
+}
+
+impl LegSnapshot {
+    pub fn dropped(&self) -> u64 {
+        self.dropped_source + self.dropped_no_destination + self.dropped_overflow + self.dropped_send
+    }
+}
+
+impl LegCounters {
+    pub fn snapshot(&self) -> LegSnapshot {
+        LegSnapshot {
+            rx_packets: self.rx_packets.load(Relaxed),
+            rx_bytes: self.rx_bytes.load(Relaxed),
+            tx_packets: self.tx_packets.load(Relaxed),
+            tx_bytes: self.tx_bytes.load(Relaxed),
+            dropped_source: self.dropped_source.load(Relaxed),
+            dropped_no_destination: self.dropped_no_destination.load(Relaxed),
+            dropped_overflow: self.dropped_overflow.load(Relaxed),
+            dropped_send: self.dropped_send.load(Relaxed),
+            rtp_expected: self.rtp_expected.load(Relaxed),
+            rtp_lost: self.rtp_lost.load(Relaxed),
+            rtp_out_of_order: self.rtp_out_of_order.load(Relaxed),
+            rtp_jitter_us: self.rtp_jitter_us.load(Relaxed),
+            last_rx_ns: self.last_rx_ns.load(Relaxed),
+        }
+    }
+
+    /// Single-writer increment: a load and a store, no locked read-modify-write, because only
+    /// the owning worker writes.
+    #[inline]
+    pub fn bump(counter: &AtomicU64, by: u64) {
+        counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+    }
+}
