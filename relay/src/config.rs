@@ -5,8 +5,11 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::session::latch::{LatchMode, Relatch};
 
 /// The embedded default configuration, as printed by `sluice --print-default-config`.
 pub const DEFAULT_TOML: &str = include_str!("../sluice.default.toml");
@@ -16,6 +19,7 @@ pub const DEFAULT_TOML: &str = include_str!("../sluice.default.toml");
 pub struct Config {
     pub log: LogConfig,
     pub media: MediaConfig,
+    pub session: SessionConfig,
     pub rtpproxy: RtpproxyConfig,
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
@@ -36,8 +40,36 @@ pub struct MediaConfig {
     pub workers: usize,
     pub port_min: u16,
     pub port_max: u16,
+    /// How long a freed port pair waits before reuse.
+    #[serde(with = "humantime_serde")]
+    pub quarantine: Duration,
+    /// DSCP of media packets sent (46 = EF).
+    pub dscp: u8,
+    /// SO_RCVBUF of each media socket, bytes (capped by net.core.rmem_max).
+    pub recv_buffer: usize,
     #[serde(rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    pub latch: LatchMode,
+    pub relatch: Relatch,
+    /// How long an offer/answer reopens latching (`relatch = "on-update"`).
+    #[serde(with = "humantime_serde")]
+    pub relatch_window: Duration,
+    /// An offer never answered ends after this.
+    #[serde(with = "humantime_serde")]
+    pub setup_timeout: Duration,
+    /// A session with no packet in either direction for this long ends.
+    #[serde(with = "humantime_serde")]
+    pub media_timeout: Duration,
+    /// Hard cap on a session's life; 0 = off.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
+    /// Concurrent sessions; 0 = unlimited.
+    pub max_sessions: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -59,6 +91,11 @@ pub struct InterfaceConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RtpproxyConfig {
     pub listen: Vec<ListenSpec>,
+    /// Source networks allowed on UDP listeners (unix sockets rely on file permissions).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Where timeout notifications may go (rtpproxy `-n`): `unix:/path` or `tcp:HOST:PORT`.
+    /// Empty = timeout notification is off and commands carrying a notify socket are refused.
+    pub notify_socket: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -90,12 +127,14 @@ pub enum XdpMode {
     Off,
 }
 
-/// A control-protocol listener: `udp:ADDR:PORT` or `unix:/path`.
+/// A control-protocol listener: `udp:ADDR:PORT`, `unix:/path` (stream, no cookie) or
+/// `unix-dgram:/path` (datagram, with cookie).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum ListenSpec {
     Udp(SocketAddr),
     Unix(PathBuf),
+    UnixDgram(PathBuf),
 }
 
 impl FromStr for ListenSpec {
@@ -107,15 +146,22 @@ impl FromStr for ListenSpec {
                 format!("invalid UDP listen address `{addr}` (expected ADDR:PORT or [V6ADDR]:PORT)")
             })
         } else if let Some(path) = s.strip_prefix("unix:") {
-            if path.is_empty() || !path.starts_with('/') {
-                return Err(format!("unix socket path must be absolute, got `{path}`"));
-            }
-            Ok(ListenSpec::Unix(PathBuf::from(path)))
+            absolute(path).map(ListenSpec::Unix)
+        } else if let Some(path) = s.strip_prefix("unix-dgram:") {
+            absolute(path).map(ListenSpec::UnixDgram)
         } else {
             Err(format!(
-                "invalid listen spec `{s}` (expected `udp:ADDR:PORT` or `unix:/path`)"
+                "invalid listen spec `{s}` (expected `udp:ADDR:PORT`, `unix:/path` or `unix-dgram:/path`)"
             ))
         }
+    }
+}
+
+fn absolute(path: &str) -> Result<PathBuf, String> {
+    if path.starts_with('/') {
+        Ok(PathBuf::from(path))
+    } else {
+        Err(format!("unix socket path must be absolute, got `{path}`"))
     }
 }
 
@@ -137,6 +183,7 @@ impl fmt::Display for ListenSpec {
         match self {
             ListenSpec::Udp(addr) => write!(f, "udp:{addr}"),
             ListenSpec::Unix(path) => write!(f, "unix:{}", path.display()),
+            ListenSpec::UnixDgram(path) => write!(f, "unix-dgram:{}", path.display()),
         }
     }
 }
@@ -155,6 +202,9 @@ impl Default for MediaConfig {
             workers: 0,
             port_min: 30000,
             port_max: 39999,
+            quarantine: Duration::from_secs(10),
+            dscp: 46,
+            recv_buffer: 256 * 1024,
             interfaces: vec![InterfaceConfig {
                 name: "default".into(),
                 address: IpAddr::from([127, 0, 0, 1]),
@@ -166,10 +216,29 @@ impl Default for MediaConfig {
     }
 }
 
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            latch: LatchMode::FirstPacket,
+            relatch: Relatch::OnUpdate,
+            relatch_window: Duration::from_secs(10),
+            setup_timeout: Duration::from_secs(180),
+            media_timeout: Duration::from_secs(60),
+            session_ttl: Duration::ZERO,
+            max_sessions: 0,
+        }
+    }
+}
+
 impl Default for RtpproxyConfig {
     fn default() -> Self {
         RtpproxyConfig {
             listen: vec![ListenSpec::Udp(SocketAddr::from(([127, 0, 0, 1], 22222)))],
+            allow: vec![
+                "127.0.0.0/8".parse().expect("valid literal"),
+                "::1/128".parse().expect("valid literal"),
+            ],
+            notify_socket: String::new(),
         }
     }
 }
@@ -285,6 +354,26 @@ impl Config {
             self.media.port_max,
             "media.port_min",
         )?;
+        if self.media.dscp > 63 {
+            return Err(("media.dscp".into(), "DSCP is 6 bits (0-63)".into()));
+        }
+        for (key, d) in [
+            ("session.setup_timeout", self.session.setup_timeout),
+            ("session.media_timeout", self.session.media_timeout),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err((key.into(), "must be at least 1s".into()));
+            }
+        }
+        if !self.rtpproxy.notify_socket.is_empty()
+            && !(self.rtpproxy.notify_socket.starts_with("unix:/")
+                || self.rtpproxy.notify_socket.starts_with("tcp:"))
+        {
+            return Err((
+                "rtpproxy.notify_socket".into(),
+                "expected `unix:/path` or `tcp:HOST:PORT`".into(),
+            ));
+        }
         if self.media.interfaces.is_empty() {
             return Err((
                 "media.interface".into(),
@@ -494,6 +583,7 @@ mod tests {
             "udp:127.0.0.1:22222",
             "udp:[::1]:22222",
             "unix:/run/sluice/rtpp.sock",
+            "unix-dgram:/run/sluice/rtpp.dgram",
         ] {
             let spec: ListenSpec = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);

@@ -9,8 +9,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::control::core::{Core, CoreHandle};
 use crate::control::grpc::{self, GrpcError, RelayService};
+use crate::datapath::user::SocketOpener;
 use crate::metrics::Metrics;
+use crate::session::TableConfig;
+use crate::session::latch::LatchPolicy;
+use crate::session::table::InterfaceSpec;
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -33,9 +38,13 @@ pub enum DaemonError {
     Task(#[from] tokio::task::JoinError),
     #[error("shutdown did not finish within {0:?}")]
     ShutdownTimeout(Duration),
+    #[error("cannot start the datapath: {0}")]
+    Datapath(std::io::Error),
 }
 
 pub struct Daemon {
+    core: Option<Core>,
+    handle: CoreHandle,
     metrics_addr: SocketAddr,
     grpc_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -51,6 +60,11 @@ impl Daemon {
         let grpc_listener = bind("gRPC", config.grpc.listen).await?;
         let metrics_addr = local_addr("metrics", &metrics_listener, config.metrics.listen)?;
         let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc.listen)?;
+        let opener = SocketOpener {
+            recv_buffer: config.media.recv_buffer,
+        };
+        let (core, handle) =
+            Core::start(table_config(config), opener).map_err(DaemonError::Datapath)?;
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
@@ -81,11 +95,18 @@ impl Daemon {
             crate::metrics::VERSION
         );
         Ok(Daemon {
+            core: Some(core),
+            handle,
             metrics_addr,
             grpc_addr,
             stop,
             tasks,
         })
+    }
+
+    /// The command core, for front ends and tests.
+    pub fn core(&self) -> &CoreHandle {
+        &self.handle
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -122,10 +143,50 @@ impl Daemon {
             }
             first_error.map_or(Ok(()), Err)
         };
-        match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
+        let served = match tokio::time::timeout(SHUTDOWN_GRACE, drain).await {
             Ok(result) => result,
             Err(_) => Err(DaemonError::ShutdownTimeout(SHUTDOWN_GRACE)),
+        };
+        // Front ends are gone: stop the core (it ends every session and closes the sockets).
+        drop(self.handle);
+        if let Some(core) = self.core.take() {
+            let _ = tokio::task::spawn_blocking(move || core.join()).await;
         }
+        served
+    }
+}
+
+/// The session table's view of the configuration.
+pub fn table_config(config: &Config) -> TableConfig {
+    let media = &config.media;
+    let workers = match media.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    TableConfig {
+        interfaces: media
+            .interfaces
+            .iter()
+            .map(|i| InterfaceSpec {
+                name: i.name.clone(),
+                address: i.address,
+                advertise: i.advertise,
+                port_min: i.port_min.unwrap_or(media.port_min),
+                port_max: i.port_max.unwrap_or(media.port_max),
+            })
+            .collect(),
+        quarantine: media.quarantine,
+        latch: LatchPolicy {
+            mode: config.session.latch,
+            relatch: config.session.relatch,
+            window_ns: u64::try_from(config.session.relatch_window.as_nanos()).unwrap_or(u64::MAX),
+        },
+        dscp: media.dscp,
+        setup_timeout: config.session.setup_timeout,
+        media_timeout: config.session.media_timeout,
+        session_ttl: (!config.session.session_ttl.is_zero()).then_some(config.session.session_ttl),
+        max_sessions: config.session.max_sessions,
+        workers,
     }
 }
 

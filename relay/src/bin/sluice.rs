@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use sluice::config::{Config, ConfigError, DEFAULT_TOML};
+use sluice::config::{Config, ConfigError, DEFAULT_TOML, InterfaceConfig, ListenSpec};
 use sluice::daemon::Daemon;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing_subscriber::EnvFilter;
@@ -30,6 +30,28 @@ struct Cli {
     /// Validate a configuration file (or --config, or the defaults) and exit: 0 when valid.
     #[arg(long, value_name = "FILE", num_args = 0..=1)]
     check_config: Option<Option<PathBuf>>,
+
+    /// Media interface `[NAME/]ADDR[!ADVERTISED]`, repeatable; replaces media.interface
+    /// (rtpengine's syntax: ADVERTISED is the address put in SDP, e.g. behind 1:1 NAT).
+    #[arg(long = "interface", value_name = "SPEC")]
+    interfaces: Vec<InterfaceArg>,
+
+    /// Lowest media port (overrides media.port_min).
+    #[arg(long, value_name = "N")]
+    port_min: Option<u16>,
+
+    /// Highest media port (overrides media.port_max).
+    #[arg(long, value_name = "N")]
+    port_max: Option<u16>,
+
+    /// rtpproxy control listener, repeatable: udp:ADDR:PORT, unix:/path, unix-dgram:/path
+    /// (replaces rtpproxy.listen).
+    #[arg(long = "rtpp-listen", value_name = "SPEC")]
+    rtpp_listen: Vec<ListenSpec>,
+
+    /// Datapath worker threads, 0 = one per core (overrides media.workers).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
 
     /// Prometheus endpoint address (overrides metrics.listen).
     #[arg(long, value_name = "ADDR")]
@@ -81,6 +103,26 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
         None => Config::embedded(),
     };
     let mut overridden = Vec::new();
+    if !cli.interfaces.is_empty() {
+        config.media.interfaces = cli.interfaces.iter().map(|i| i.0.clone()).collect();
+        overridden.push("--interface");
+    }
+    if let Some(port) = cli.port_min {
+        config.media.port_min = port;
+        overridden.push("--port-min");
+    }
+    if let Some(port) = cli.port_max {
+        config.media.port_max = port;
+        overridden.push("--port-max");
+    }
+    if !cli.rtpp_listen.is_empty() {
+        config.rtpproxy.listen.clone_from(&cli.rtpp_listen);
+        overridden.push("--rtpp-listen");
+    }
+    if let Some(workers) = cli.workers {
+        config.media.workers = workers;
+        overridden.push("--workers");
+    }
     if let Some(addr) = cli.metrics_listen {
         config.metrics.listen = addr;
         overridden.push("--metrics-listen");
@@ -136,4 +178,36 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// `--interface [NAME/]ADDR[!ADVERTISED]`.
+#[derive(Debug, Clone)]
+struct InterfaceArg(InterfaceConfig);
+
+impl std::str::FromStr for InterfaceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, rest) = match s.split_once('/') {
+            Some((name, rest)) => (Some(name), rest),
+            None => (None, s),
+        };
+        let (addr, advertise) = match rest.split_once('!') {
+            Some((addr, adv)) => (addr, Some(adv)),
+            None => (rest, None),
+        };
+        let address = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let advertise = advertise
+            .map(|a| a.parse().map_err(|_| format!("`{a}` is not an IP address")))
+            .transpose()?;
+        Ok(InterfaceArg(InterfaceConfig {
+            name: name.map_or_else(|| addr.to_owned(), str::to_owned),
+            address,
+            advertise,
+            port_min: None,
+            port_max: None,
+        }))
+    }
 }

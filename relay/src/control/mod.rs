@@ -1,3 +1,4 @@
-//! Control front ends: gRPC (sluice.v1) and the rtpproxy protocol.
+//! Control front ends (gRPC sluice.v1, the rtpproxy protocol) over one command core.
+pub mod core;
 pub mod grpc;
 pub mod rtpp;

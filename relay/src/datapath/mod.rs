@@ -1,2 +1,3 @@
-//! Packet forwarding: the XDP fast path (kernel) and, later, the userspace workers.
+//! Packet forwarding: userspace workers (`user`) and the XDP fast path (`xdp`).
+pub mod user;
 pub mod xdp;

@@ -64,7 +64,10 @@ impl Default for LatchPolicy {
 /// What the packet carried that latching cares about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Content {
-    Rtp { ssrc: u32, seq: u16 },
+    Rtp {
+        ssrc: u32,
+        seq: u16,
+    },
     /// RTCP, STUN, DTLS or anything else: latches like RTP, but no SSRC rules apply.
     Other,
 }
@@ -72,7 +75,9 @@ pub enum Content {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Forward it. `learned` is set when this packet (re)latched the leg to its source.
-    Accept { learned: Option<Learned> },
+    Accept {
+        learned: Option<Learned>,
+    },
     Drop(DropReason),
 }
 
@@ -149,7 +154,9 @@ impl Latch {
             self.latched = None;
             self.last_ssrc = None;
         }
-        if policy.relatch != Relatch::Never {
+        // Only a latched leg needs reopening; an unlatched one learns from its next packet
+        // anyway, and an open window on a fresh call would let anyone take it over.
+        if policy.relatch != Relatch::Never && self.latched.is_some() {
             self.open_until_ns = now_ns.saturating_add(policy.window_ns);
         }
     }
@@ -209,6 +216,10 @@ impl Latch {
             Some(old) if old != src => Some(Learned::Relatched),
             Some(_) => None,
         };
+        if learned.is_some() {
+            // One move per update: the window closes once the leg has followed it.
+            self.open_until_ns = 0;
+        }
         self.latched = Some(src);
         Verdict::Accept { learned }
     }
@@ -259,7 +270,10 @@ mod tests {
         let mut l = Latch::new(policy(Relatch::OnUpdate), None);
         assert_eq!(l.on_packet(addr("198.18.1.2:5000"), rtp(7, 1), 0), LATCHED);
         assert_eq!(l.on_packet(addr("198.18.9.9:5000"), rtp(7, 2), 1), BLEED);
-        assert_eq!(l.on_packet(addr("198.18.1.2:5001"), Content::Other, 2), BLEED);
+        assert_eq!(
+            l.on_packet(addr("198.18.1.2:5001"), Content::Other, 2),
+            BLEED
+        );
         assert_eq!(l.latched(), Some(addr("198.18.1.2:5000")));
     }
 
@@ -267,7 +281,10 @@ mod tests {
     fn ssrc_zero_never_latches() {
         let mut l = Latch::new(LatchPolicy::default(), None);
         let src = addr("198.18.1.2:5000");
-        assert_eq!(l.on_packet(src, rtp(0, 1), 0), Verdict::Drop(DropReason::SsrcZero));
+        assert_eq!(
+            l.on_packet(src, rtp(0, 1), 0),
+            Verdict::Drop(DropReason::SsrcZero)
+        );
         assert_eq!(l.latched(), None);
         assert_eq!(l.on_packet(src, rtp(5, 2), 0), LATCHED);
     }
@@ -276,11 +293,49 @@ mod tests {
     fn update_opens_a_relatch_window() {
         let mut l = Latch::new(policy(Relatch::OnUpdate), Some(addr("10.0.0.1:4000")));
         assert_eq!(l.on_packet(addr("198.18.1.2:5000"), rtp(1, 1), 0), LATCHED);
-        l.update(policy(Relatch::OnUpdate), Some(addr("10.0.0.1:4000")), 100 * SEC);
-        assert_eq!(l.latched(), Some(addr("198.18.1.2:5000")), "same SDP keeps the latch");
-        assert_eq!(l.on_packet(addr("198.18.1.2:6000"), rtp(1, 2), 105 * SEC), RELATCHED);
-        l.update(policy(Relatch::OnUpdate), Some(addr("10.0.0.1:4000")), 200 * SEC);
-        assert_eq!(l.on_packet(addr("198.18.1.2:7000"), rtp(1, 3), 210 * SEC), BLEED, "window closed");
+        l.update(
+            policy(Relatch::OnUpdate),
+            Some(addr("10.0.0.1:4000")),
+            100 * SEC,
+        );
+        assert_eq!(
+            l.latched(),
+            Some(addr("198.18.1.2:5000")),
+            "same SDP keeps the latch"
+        );
+        assert_eq!(
+            l.on_packet(addr("198.18.1.2:6000"), rtp(1, 2), 105 * SEC),
+            RELATCHED
+        );
+        assert_eq!(
+            l.on_packet(addr("198.18.9.9:6000"), rtp(1, 3), 106 * SEC),
+            BLEED,
+            "one move per update"
+        );
+        l.update(
+            policy(Relatch::OnUpdate),
+            Some(addr("10.0.0.1:4000")),
+            200 * SEC,
+        );
+        assert_eq!(
+            l.on_packet(addr("198.18.1.2:7000"), rtp(1, 3), 210 * SEC),
+            BLEED,
+            "window closed"
+        );
+    }
+
+    #[test]
+    fn initial_offer_answer_does_not_open_a_window() {
+        let mut l = Latch::new(policy(Relatch::OnUpdate), None);
+        l.update(policy(Relatch::OnUpdate), Some(addr("10.0.0.1:4000")), 0);
+        assert_eq!(
+            l.on_packet(addr("198.18.1.2:5000"), rtp(1, 1), SEC),
+            LATCHED
+        );
+        assert_eq!(
+            l.on_packet(addr("198.18.6.6:5000"), rtp(9, 1), 2 * SEC),
+            BLEED
+        );
     }
 
     #[test]
@@ -298,7 +353,10 @@ mod tests {
         l.update(policy(Relatch::Never), Some(addr("10.0.0.2:4002")), SEC);
         assert_eq!(l.latched(), None);
         assert_eq!(l.destination(), Some(addr("10.0.0.2:4002")));
-        assert_eq!(l.on_packet(addr("198.18.1.3:5002"), rtp(9, 1), 2 * SEC), LATCHED);
+        assert_eq!(
+            l.on_packet(addr("198.18.1.3:5002"), rtp(9, 1), 2 * SEC),
+            LATCHED
+        );
     }
 
     #[test]
@@ -318,14 +376,21 @@ mod tests {
         assert_eq!(l.destination(), Some(rebound));
         // Replaying a packet already seen (captured from the stream) does not move it back.
         assert_eq!(l.on_packet(first, rtp(0xabc, 111), 400), BLEED, "replay");
-        assert_eq!(l.on_packet(attacker, rtp(0xabc, 100), 400), BLEED, "old packet");
+        assert_eq!(
+            l.on_packet(attacker, rtp(0xabc, 100), 400),
+            BLEED,
+            "old packet"
+        );
     }
 
     #[test]
     fn ssrc_continuity_handles_sequence_wrap() {
         let mut l = Latch::new(policy(Relatch::SsrcContinuity), None);
         l.on_packet(addr("198.18.1.2:5000"), rtp(1, 65530), 0);
-        assert_eq!(l.on_packet(addr("198.18.1.2:5002"), rtp(1, 3), 1), RELATCHED);
+        assert_eq!(
+            l.on_packet(addr("198.18.1.2:5002"), rtp(1, 3), 1),
+            RELATCHED
+        );
     }
 
     #[test]

@@ -62,7 +62,10 @@ pub struct LegSnapshot {
 
 impl LegSnapshot {
     pub fn dropped(&self) -> u64 {
-        self.dropped_source + self.dropped_no_destination + self.dropped_overflow + self.dropped_send
+        self.dropped_source
+            + self.dropped_no_destination
+            + self.dropped_overflow
+            + self.dropped_send
     }
 }
 

@@ -137,6 +137,8 @@ pub enum CoreError {
     Socket { addr: SocketAddr, source: io::Error },
     #[error("invalid argument: {0}")]
     Invalid(String),
+    #[error("the relay is shutting down")]
+    Unavailable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,7 +203,10 @@ pub enum Action<S> {
         shared: Arc<StreamShared>,
     },
     /// Close the stream's sockets (its ports are already back in quarantine).
-    Remove { stream: StreamId, worker: usize },
+    Remove {
+        stream: StreamId,
+        worker: usize,
+    },
     Event(SessionEvent),
 }
 
@@ -364,7 +369,9 @@ impl Table {
         actions: &mut Vec<Action<O::Sockets>>,
     ) -> Result<UpdateReply, CoreError> {
         if req.call_id.is_empty() || req.from_tag.is_empty() {
-            return Err(CoreError::Invalid("call-id and from-tag are required".into()));
+            return Err(CoreError::Invalid(
+                "call-id and from-tag are required".into(),
+            ));
         }
         if req.remote.is_some_and(|r| r.port() == 0) {
             return Err(CoreError::Invalid("remote port 0".into()));
@@ -379,7 +386,11 @@ impl Table {
             }
         }
 
-        let (stream_pos, facing) = match self.sessions.get(&req.call_id).and_then(|s| find_stream(s, &req)) {
+        let (stream_pos, facing) = match self
+            .sessions
+            .get(&req.call_id)
+            .and_then(|s| find_stream(s, &req))
+        {
             Some(found) => found,
             None if req.kind == UpdateKind::Answer => return Err(CoreError::NotFound),
             None => (None, 0),
@@ -611,7 +622,8 @@ impl Table {
                         self.end_session(&call_id, EndReason::MediaTimeout, now, actions);
                     } else {
                         // Media arrived since: check again when it would be stale.
-                        self.timers.insert(deadline, (call_id, generation, TimerKind::Media));
+                        self.timers
+                            .insert(deadline, (call_id, generation, TimerKind::Media));
                     }
                 }
             }
@@ -686,7 +698,12 @@ impl Table {
         }
     }
 
-    fn create_session<S>(&mut self, req: &UpdateRequest, now: Instant, actions: &mut Vec<Action<S>>) {
+    fn create_session<S>(
+        &mut self,
+        req: &UpdateRequest,
+        now: Instant,
+        actions: &mut Vec<Action<S>>,
+    ) {
         let generation = self.next_generation;
         self.next_generation += 1;
         self.sessions.insert(
@@ -793,13 +810,14 @@ impl Table {
         let interface = &mut self.interfaces[iface];
         let mut last_err = None;
         for _ in 0..BIND_ATTEMPTS {
-            let pair = interface
-                .pool
-                .allocate(now)
-                .map_err(|source| CoreError::PortsExhausted {
-                    interface: interface.spec.name.clone(),
-                    source,
-                })?;
+            let pair =
+                interface
+                    .pool
+                    .allocate(now)
+                    .map_err(|source| CoreError::PortsExhausted {
+                        interface: interface.spec.name.clone(),
+                        source,
+                    })?;
             match opener.open(interface.spec.address, pair, dscp) {
                 Ok(sockets) => return Ok((iface, pair, sockets)),
                 Err(e) => {
@@ -943,8 +961,13 @@ mod tests {
             self.update_at(req, self.t0)
         }
 
-        fn update_at(&mut self, req: UpdateRequest, now: Instant) -> Result<UpdateReply, CoreError> {
-            self.table.update(req, now, &mut self.opener, &mut self.actions)
+        fn update_at(
+            &mut self,
+            req: UpdateRequest,
+            now: Instant,
+        ) -> Result<UpdateReply, CoreError> {
+            self.table
+                .update(req, now, &mut self.opener, &mut self.actions)
         }
 
         fn events(&mut self) -> Vec<SessionEvent> {
@@ -971,7 +994,11 @@ mod tests {
         let o = f.update(offer("c1", "ftag", "10.0.0.1:4000")).unwrap();
         assert_eq!(o.rtp_port % 2, 0);
         assert_eq!(o.rtcp_port, o.rtp_port + 1);
-        assert_eq!(o.address, "203.0.113.1".parse::<IpAddr>().unwrap(), "advertised address");
+        assert_eq!(
+            o.address,
+            "203.0.113.1".parse::<IpAddr>().unwrap(),
+            "advertised address"
+        );
         let a = f
             .update(answer("c1", "ttag", "ftag", "10.0.0.2:5000"))
             .unwrap();
@@ -991,8 +1018,12 @@ mod tests {
         assert_eq!(legs[1].remote, Some("10.0.0.2:5000".parse().unwrap()));
         assert_eq!(legs[1].local.map(|l| l.port()), Some(o.rtp_port));
         let events = f.events();
-        assert!(events.contains(&SessionEvent::Created { call_id: "c1".into() }));
-        assert!(events.contains(&SessionEvent::Answered { call_id: "c1".into() }));
+        assert!(events.contains(&SessionEvent::Created {
+            call_id: "c1".into()
+        }));
+        assert!(events.contains(&SessionEvent::Answered {
+            call_id: "c1".into()
+        }));
     }
 
     #[test]
@@ -1074,7 +1105,11 @@ mod tests {
             f.update(offer("c2", "f", "10.0.0.1:4000")),
             Err(CoreError::PortsExhausted { .. })
         ));
-        assert_eq!(f.table.session_count(), 1, "failed offer leaves nothing behind");
+        assert_eq!(
+            f.table.session_count(),
+            1,
+            "failed offer leaves nothing behind"
+        );
         f.actions.clear();
         f.table
             .delete::<u16>("c1", Some("f"), Some("t"), None, f.t0, &mut f.actions)
@@ -1083,9 +1118,15 @@ mod tests {
         assert_eq!(f.table.session_count(), 0);
         let usage = &f.table.port_usage(f.t0)[0].1;
         assert_eq!((usage.in_use, usage.quarantined), (0, 2));
-        assert!(f.update(offer("c2", "f", "10.0.0.1:4000")).is_err(), "still quarantined");
+        assert!(
+            f.update(offer("c2", "f", "10.0.0.1:4000")).is_err(),
+            "still quarantined"
+        );
         let later = f.t0 + Duration::from_secs(10);
-        assert!(f.update_at(offer("c2", "f", "10.0.0.1:4000"), later).is_ok());
+        assert!(
+            f.update_at(offer("c2", "f", "10.0.0.1:4000"), later)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -1094,14 +1135,19 @@ mod tests {
         f.update(offer("c1", "f", "10.0.0.1:4000")).unwrap();
         let mut actions = Vec::<Action<u16>>::new();
         assert!(matches!(
-            f.table.delete("c1", Some("x"), None, None, f.t0, &mut actions),
+            f.table
+                .delete("c1", Some("x"), None, None, f.t0, &mut actions),
             Err(CoreError::NotFound)
         ));
         assert!(matches!(
             f.table.delete("c9", None, None, None, f.t0, &mut actions),
             Err(CoreError::NotFound)
         ));
-        assert!(f.table.delete("c1", None, None, None, f.t0, &mut actions).is_ok());
+        assert!(
+            f.table
+                .delete("c1", None, None, None, f.t0, &mut actions)
+                .is_ok()
+        );
     }
 
     #[test]
@@ -1153,7 +1199,10 @@ mod tests {
             f.update(offer("c2", "f", "10.0.0.1:4000")),
             Err(CoreError::SessionLimit(1))
         ));
-        assert!(f.update(offer("c1", "f", "10.0.0.1:4000")).is_ok(), "existing call still ok");
+        assert!(
+            f.update(offer("c1", "f", "10.0.0.1:4000")).is_ok(),
+            "existing call still ok"
+        );
     }
 
     #[test]
@@ -1223,14 +1272,20 @@ mod tests {
         assert_eq!(f.table.session_count(), 1, "media seen 10 s ago");
         let info = f.table.get("c1", f.t0 + Duration::from_secs(60)).unwrap();
         assert_eq!(info.ttl, Duration::from_secs(50));
-        f.table.tick(f.t0 + Duration::from_secs(109), &mut f.actions);
+        f.table
+            .tick(f.t0 + Duration::from_secs(109), &mut f.actions);
         assert_eq!(f.table.session_count(), 1);
         f.actions.clear();
-        f.table.tick(f.t0 + Duration::from_secs(110), &mut f.actions);
+        f.table
+            .tick(f.t0 + Duration::from_secs(110), &mut f.actions);
         assert_eq!(f.table.session_count(), 0);
         assert!(matches!(
             f.events().as_slice(),
-            [SessionEvent::Ended { reason: EndReason::MediaTimeout, notify: None, .. }]
+            [SessionEvent::Ended {
+                reason: EndReason::MediaTimeout,
+                notify: None,
+                ..
+            }]
         ));
     }
 
@@ -1284,7 +1339,10 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Leg {
-                    leg, sockets, remote, ..
+                    leg,
+                    sockets,
+                    remote,
+                    ..
                 } => Some((*leg, *sockets, *remote)),
                 _ => None,
             })
@@ -1298,7 +1356,15 @@ mod tests {
         let with_sockets = f
             .actions
             .iter()
-            .filter(|a| matches!(a, Action::Leg { sockets: Some(_), .. }))
+            .filter(|a| {
+                matches!(
+                    a,
+                    Action::Leg {
+                        sockets: Some(_),
+                        ..
+                    }
+                )
+            })
             .count();
         assert_eq!(with_sockets, 0, "a retry opens nothing");
     }

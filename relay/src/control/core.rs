@@ -1,0 +1,274 @@
+//! The command core every front end drives: one thread owns the session table, applies its
+//! datapath actions and timers, and answers requests sent over a channel. Front ends hold a
+//! cheap, cloneable [`CoreHandle`].
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+use tokio::sync::{broadcast, oneshot};
+
+use crate::datapath::user::{Datapath, DatapathTotals, SocketOpener, WorkerEvent};
+use crate::ports::PoolUsage;
+use crate::session::table::TableCounters;
+use crate::session::{
+    Action, CoreError, SessionEvent, SessionInfo, Table, TableConfig, UpdateReply, UpdateRequest,
+};
+
+/// Global numbers for `G`/`I` replies, gRPC `GetStats` and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct CoreStats {
+    pub counters: TableCounters,
+    pub sessions: usize,
+    pub streams: usize,
+    pub ports: Vec<(String, PoolUsage)>,
+    pub datapath: DatapathTotals,
+}
+
+enum Request {
+    Update(
+        UpdateRequest,
+        oneshot::Sender<Result<UpdateReply, CoreError>>,
+    ),
+    Delete {
+        call_id: String,
+        from_tag: Option<String>,
+        to_tag: Option<String>,
+        media_index: Option<u32>,
+        reply: oneshot::Sender<Result<(), CoreError>>,
+    },
+    Get(String, oneshot::Sender<Option<SessionInfo>>),
+    List(oneshot::Sender<Vec<SessionInfo>>),
+    DeleteAll(oneshot::Sender<usize>),
+    Stats(oneshot::Sender<CoreStats>),
+}
+
+#[derive(Clone)]
+pub struct CoreHandle {
+    requests: Sender<Request>,
+    events: broadcast::Sender<SessionEvent>,
+}
+
+impl CoreHandle {
+    pub async fn update(&self, req: UpdateRequest) -> Result<UpdateReply, CoreError> {
+        self.call(|tx| Request::Update(req, tx)).await?
+    }
+
+    pub async fn delete(
+        &self,
+        call_id: String,
+        from_tag: Option<String>,
+        to_tag: Option<String>,
+        media_index: Option<u32>,
+    ) -> Result<(), CoreError> {
+        self.call(|reply| Request::Delete {
+            call_id,
+            from_tag,
+            to_tag,
+            media_index,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn get(&self, call_id: String) -> Result<Option<SessionInfo>, CoreError> {
+        self.call(|tx| Request::Get(call_id, tx)).await
+    }
+
+    pub async fn list(&self) -> Result<Vec<SessionInfo>, CoreError> {
+        self.call(Request::List).await
+    }
+
+    pub async fn delete_all(&self) -> Result<usize, CoreError> {
+        self.call(Request::DeleteAll).await
+    }
+
+    pub async fn stats(&self) -> Result<CoreStats, CoreError> {
+        self.call(Request::Stats).await
+    }
+
+    /// Session events (created, answered, latched, ended). Slow subscribers may miss some
+    /// (`RecvError::Lagged`) rather than slow the core down.
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Request,
+    ) -> Result<T, CoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .map_err(|_| CoreError::Unavailable)?;
+        rx.await.map_err(|_| CoreError::Unavailable)
+    }
+}
+
+/// The running core thread. Dropping it (or every handle) stops it.
+pub struct Core {
+    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Option<Sender<Request>>,
+}
+
+impl Core {
+    pub fn start(config: TableConfig, opener: SocketOpener) -> std::io::Result<(Core, CoreHandle)> {
+        let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
+        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let (broadcast_tx, _) = broadcast::channel(4096);
+        let datapath = Datapath::start(config.workers, events_tx)?;
+        let table = Table::new(config, Instant::now());
+        let out = broadcast_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name("sluice-core".into())
+            .spawn(move || {
+                CoreLoop {
+                    table,
+                    datapath,
+                    opener,
+                    events: out,
+                    actions: Vec::new(),
+                }
+                .run(requests_rx, events_rx)
+            })?;
+        let handle = CoreHandle {
+            requests: requests_tx.clone(),
+            events: broadcast_tx,
+        };
+        Ok((
+            Core {
+                thread: Some(thread),
+                stop: Some(requests_tx),
+            },
+            handle,
+        ))
+    }
+
+    /// Stops the core once every handle is gone; sockets close as the datapath stops.
+    pub fn join(mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::error!("session core panicked");
+        }
+    }
+}
+
+struct CoreLoop {
+    table: Table,
+    datapath: Datapath,
+    opener: SocketOpener,
+    events: broadcast::Sender<SessionEvent>,
+    actions: Vec<Action<crate::datapath::user::LegSockets>>,
+}
+
+impl CoreLoop {
+    fn run(mut self, requests: Receiver<Request>, worker_events: Receiver<WorkerEvent>) {
+        loop {
+            let wait = self
+                .table
+                .next_tick_at()
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
+            select! {
+                recv(requests) -> req => match req {
+                    Ok(req) => self.handle(req),
+                    Err(_) => break, // every handle dropped: shut down
+                },
+                recv(worker_events) -> ev => {
+                    if let Ok(WorkerEvent::Latched { stream, leg, rtcp, addr, .. }) = ev {
+                        self.table.on_latched(stream, leg, rtcp, addr, &mut self.actions);
+                    }
+                },
+                default(wait) => {},
+            }
+            self.table.tick(Instant::now(), &mut self.actions);
+            self.flush();
+        }
+        let mut actions = std::mem::take(&mut self.actions);
+        self.table.delete_all(Instant::now(), &mut actions);
+        self.actions = actions;
+        self.flush();
+        self.datapath.shutdown();
+    }
+
+    fn handle(&mut self, req: Request) {
+        let now = Instant::now();
+        // A dropped reply channel means the requester gave up; nothing to do about it.
+        match req {
+            Request::Update(update, reply) => {
+                let result = self
+                    .table
+                    .update(update, now, &mut self.opener, &mut self.actions);
+                // Workers get their sockets before the requester learns the ports, so media
+                // sent in response to the reply always finds them.
+                self.flush();
+                let _ = reply.send(result);
+            }
+            Request::Delete {
+                call_id,
+                from_tag,
+                to_tag,
+                media_index,
+                reply,
+            } => {
+                let result = self.table.delete(
+                    &call_id,
+                    from_tag.as_deref(),
+                    to_tag.as_deref(),
+                    media_index,
+                    now,
+                    &mut self.actions,
+                );
+                let _ = reply.send(result);
+            }
+            Request::Get(call_id, reply) => {
+                let _ = reply.send(self.table.get(&call_id, now));
+            }
+            Request::List(reply) => {
+                let _ = reply.send(self.table.list(now));
+            }
+            Request::DeleteAll(reply) => {
+                let n = self.table.delete_all(now, &mut self.actions);
+                let _ = reply.send(n);
+            }
+            Request::Stats(reply) => {
+                let _ = reply.send(CoreStats {
+                    counters: self.table.counters(),
+                    sessions: self.table.session_count(),
+                    streams: self.table.stream_count(),
+                    ports: self.table.port_usage(now),
+                    datapath: self.datapath.totals(),
+                });
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        for action in self.actions.drain(..) {
+            if let Some(event) = self.datapath.apply(action) {
+                log_event(&event);
+                // No subscriber is fine.
+                let _ = self.events.send(event);
+            }
+        }
+    }
+}
+
+fn log_event(event: &SessionEvent) {
+    match event {
+        SessionEvent::Created { call_id } => tracing::debug!(%call_id, "session created"),
+        SessionEvent::Answered { call_id } => tracing::debug!(%call_id, "session answered"),
+        SessionEvent::Latched {
+            call_id,
+            stream,
+            leg,
+            rtcp,
+            addr,
+            relatched,
+        } => tracing::debug!(%call_id, stream, leg, rtcp, %addr, relatched, "latched"),
+        SessionEvent::Ended {
+            call_id, reason, ..
+        } => tracing::info!(%call_id, reason = reason.as_str(), "session ended"),
+    }
+}

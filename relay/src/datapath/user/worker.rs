@@ -1,0 +1,444 @@
+//! A datapath worker: one thread, one mio `Poll`, the sockets of the streams sharded to it.
+//!
+//! Fairness under flood: sockets are edge-triggered, and each ready socket gets at most
+//! [`BUDGET`] batches per round; one that still has data goes to the back of a ready list and
+//! is served again after every other ready socket. A flooded stream therefore keeps forwarding
+//! its share, the excess is dropped by the kernel in that socket's own receive queue (and
+//! counted from SO_MEMINFO), other streams are unaffected, and nothing is ever deregistered:
+//! when the flood stops the queue drains and the stream is back to normal at once.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::batch::{BATCH, Batch};
+use super::socket::LegSockets;
+use super::{WorkerCmd, WorkerCounters, WorkerEvent};
+use crate::clock;
+use crate::rtp::{PacketKind, RtpStats, classify};
+use crate::session::StreamId;
+use crate::session::latch::{Content, Latch, LatchMode, LatchPolicy, Learned, Verdict};
+use crate::session::stats::{LegCounters, StreamShared};
+
+/// Batches one socket may read per round before others get their turn.
+const BUDGET: usize = 4;
+const WAKER: Token = Token(usize::MAX);
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+const RTP: usize = 0;
+const RTCP: usize = 1;
+
+struct LegSlot {
+    /// `[rtp, rtcp]` once the leg has local ports.
+    sockets: Option<[UdpSocket; 2]>,
+    latch: [Latch; 2],
+    rtcp_explicit: bool,
+    stats: RtpStats,
+}
+
+struct StreamSlot {
+    id: StreamId,
+    shared: Arc<StreamShared>,
+    legs: [LegSlot; 2],
+    /// Hit the read budget since the last housekeeping: check the kernel's drop counters.
+    flooded: bool,
+    /// SO_MEMINFO drop counts already accounted, per leg and component.
+    kernel_drops_seen: [[u32; 2]; 2],
+}
+
+pub(super) struct Worker {
+    index: usize,
+    poll: Poll,
+    commands: Receiver<WorkerCmd>,
+    events: Sender<WorkerEvent>,
+    streams: Slab<StreamSlot>,
+    by_id: HashMap<StreamId, usize>,
+    batch: Box<Batch>,
+    ready: VecDeque<Token>,
+    counters: Arc<WorkerCounters>,
+    sends: Vec<(usize, SocketAddr)>,
+    stopping: bool,
+}
+
+enum Drained {
+    Yes,
+    No,
+}
+
+impl Worker {
+    pub(super) fn new(
+        index: usize,
+        poll: Poll,
+        commands: Receiver<WorkerCmd>,
+        events: Sender<WorkerEvent>,
+        counters: Arc<WorkerCounters>,
+    ) -> Worker {
+        Worker {
+            index,
+            poll,
+            commands,
+            events,
+            streams: Slab::new(),
+            by_id: HashMap::new(),
+            batch: Batch::new(),
+            ready: VecDeque::new(),
+            counters,
+            sends: Vec::with_capacity(BATCH),
+            stopping: false,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut last_housekeeping = std::time::Instant::now();
+        loop {
+            let timeout = if self.ready.is_empty() {
+                HOUSEKEEPING
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!(worker = self.index, error = %e, "poll failed; worker stops");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    token => self.serve(token),
+                }
+            }
+            // Sockets that used their budget get another turn, after every fresh event.
+            for _ in 0..self.ready.len() {
+                if let Some(token) = self.ready.pop_front() {
+                    self.serve(token);
+                }
+            }
+            if !self.apply_commands() {
+                return;
+            }
+            if last_housekeeping.elapsed() >= HOUSEKEEPING {
+                self.housekeeping();
+                last_housekeeping = std::time::Instant::now();
+            }
+        }
+    }
+
+    /// Returns false on shutdown.
+    fn apply_commands(&mut self) -> bool {
+        if self.stopping {
+            return false;
+        }
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                WorkerCmd::Leg {
+                    stream,
+                    leg,
+                    sockets,
+                    remote,
+                    remote_rtcp,
+                    policy,
+                    shared,
+                } => self.upsert_leg(stream, leg, sockets, remote, remote_rtcp, policy, shared),
+                WorkerCmd::Remove { stream } => self.remove(stream),
+                WorkerCmd::Shutdown => {
+                    self.stopping = true;
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upsert_leg(
+        &mut self,
+        id: StreamId,
+        leg: usize,
+        sockets: Option<LegSockets>,
+        remote: Option<SocketAddr>,
+        remote_rtcp: Option<SocketAddr>,
+        policy: LatchPolicy,
+        shared: Arc<StreamShared>,
+    ) {
+        if leg > 1 {
+            return;
+        }
+        let now_ns = clock::now_ns();
+        let rtcp_sdp = remote_rtcp.or_else(|| remote.map(rtcp_of));
+        let slot = match self.by_id.get(&id) {
+            Some(&slot) => slot,
+            None => {
+                let new_leg = || LegSlot {
+                    sockets: None,
+                    latch: [Latch::new(policy, None), Latch::new(policy, None)],
+                    rtcp_explicit: false,
+                    stats: RtpStats::new(),
+                };
+                let slot = self.streams.insert(StreamSlot {
+                    id,
+                    shared,
+                    legs: [new_leg(), new_leg()],
+                    flooded: false,
+                    kernel_drops_seen: [[0; 2]; 2],
+                });
+                self.by_id.insert(id, slot);
+                self.counters.streams.fetch_add(1, Relaxed);
+                slot
+            }
+        };
+        let Some(stream) = self.streams.get_mut(slot) else {
+            return;
+        };
+        let l = &mut stream.legs[leg];
+        l.latch[RTP].update(policy, remote, now_ns);
+        l.latch[RTCP].update(policy, rtcp_sdp, now_ns);
+        l.rtcp_explicit = remote_rtcp.is_some();
+        if let Some(sockets) = sockets {
+            let mut pair = [
+                UdpSocket::from_std(sockets.rtp),
+                UdpSocket::from_std(sockets.rtcp),
+            ];
+            for (component, socket) in pair.iter_mut().enumerate() {
+                let token = Token(slot << 2 | leg << 1 | component);
+                if let Err(e) = self
+                    .poll
+                    .registry()
+                    .register(socket, token, Interest::READABLE)
+                {
+                    tracing::error!(stream = id, error = %e, "cannot register media socket");
+                }
+            }
+            l.sockets = Some(pair);
+            // Packets may already be queued (sent before we registered): edge-triggered
+            // readiness would not report them, so look once.
+            for component in [RTP, RTCP] {
+                self.ready
+                    .push_back(Token(slot << 2 | leg << 1 | component));
+            }
+        }
+    }
+
+    fn remove(&mut self, id: StreamId) {
+        let Some(slot) = self.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(mut stream) = self.streams.try_remove(slot) {
+            for leg in &mut stream.legs {
+                for socket in leg.sockets.iter_mut().flatten() {
+                    let _ = self.poll.registry().deregister(socket);
+                }
+            }
+            self.counters.streams.fetch_sub(1, Relaxed);
+        }
+        // Sockets close as `stream` drops here; stale tokens in `ready` find no slot or a
+        // new stream's socket, where a spurious read is harmless.
+    }
+
+    fn serve(&mut self, token: Token) {
+        // A command sent before this packet arrived (the answer that gives the other leg its
+        // sockets) must be in effect before the packet is handled: control replies only after
+        // enqueuing it, so checking here closes the race. An empty try_recv is one atomic load.
+        self.apply_commands();
+        if self.stopping {
+            return;
+        }
+        for _ in 0..BUDGET {
+            match self.read_batch(token) {
+                Drained::Yes => return,
+                Drained::No => {}
+            }
+        }
+        if let Some(stream) = self.streams.get_mut(token.0 >> 2) {
+            stream.flooded = true;
+        }
+        self.ready.push_back(token);
+    }
+
+    fn read_batch(&mut self, token: Token) -> Drained {
+        let (slot, leg, component) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1);
+        let other = 1 - leg;
+        let Some(stream) = self.streams.get_mut(slot) else {
+            return Drained::Yes;
+        };
+        let Some(fd) = socket_fd(&stream.legs[leg], component) else {
+            return Drained::Yes;
+        };
+        let n = match self.batch.recv(fd) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Drained::Yes,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Drained::No,
+            Err(e) => {
+                // ICMP errors from earlier sends surface here (ECONNREFUSED); not fatal.
+                tracing::debug!(stream = stream.id, error = %e, "recv");
+                return Drained::No;
+            }
+        };
+        let now_ns = clock::now_ns();
+        let shared = stream.shared.clone();
+        let (rx_counters, tx_counters) = (&shared.legs[leg], &shared.legs[other]);
+        let [leg0, leg1] = &mut stream.legs;
+        let (from, to) = if leg == 0 { (leg0, leg1) } else { (leg1, leg0) };
+        let destination = destination(to, component);
+        let out_fd = socket_fd(to, component);
+        self.sends.clear();
+        let mut rx_bytes = 0u64;
+        let mut accepted = 0u64;
+        let mut rtp_seen = false;
+        for i in 0..n {
+            let (data, src, truncated) = self.batch.datagram(i);
+            let Some(src) = src else { continue };
+            if truncated {
+                LegCounters::bump(&self.counters.dropped_oversize, 1);
+                continue;
+            }
+            let rtp = match (component, classify(data)) {
+                (RTP, PacketKind::Rtp(p)) => Some(p),
+                _ => None,
+            };
+            let content = rtp.map_or(Content::Other, |p| Content::Rtp {
+                ssrc: p.ssrc(),
+                seq: p.sequence(),
+            });
+            match from.latch[component].on_packet(src, content, now_ns) {
+                Verdict::Drop(_) => {
+                    // Bleed attempts, strict-mode strangers and SSRC 0 alike: not the
+                    // leg's endpoint.
+                    LegCounters::bump(&rx_counters.dropped_source, 1);
+                    continue;
+                }
+                Verdict::Accept { learned } => {
+                    if let Some(learned) = learned {
+                        let _ = self.events.send(WorkerEvent::Latched {
+                            stream: stream.id,
+                            leg,
+                            rtcp: component == RTCP,
+                            addr: src,
+                            relatched: learned == Learned::Relatched,
+                        });
+                    }
+                }
+            }
+            accepted += 1;
+            rx_bytes += data.len() as u64;
+            if let Some(p) = rtp {
+                from.stats.on_packet(&p, now_ns);
+                rtp_seen = true;
+            }
+            match destination {
+                Some(dest) if out_fd.is_some() => self.sends.push((i, dest)),
+                _ => LegCounters::bump(&rx_counters.dropped_no_destination, 1),
+            }
+        }
+        if accepted > 0 {
+            LegCounters::bump(&rx_counters.rx_packets, accepted);
+            LegCounters::bump(&rx_counters.rx_bytes, rx_bytes);
+            rx_counters.last_rx_ns.store(now_ns, Relaxed);
+        }
+        if rtp_seen {
+            // Once per batch, not per packet: the snapshot is for queries, not for forwarding.
+            let s = from.stats.snapshot();
+            rx_counters.rtp_expected.store(s.expected, Relaxed);
+            rx_counters.rtp_lost.store(s.lost, Relaxed);
+            rx_counters.rtp_out_of_order.store(s.out_of_order, Relaxed);
+            rx_counters
+                .rtp_jitter_us
+                .store((s.jitter_ms * 1000.0) as u64, Relaxed);
+        }
+        if let (Some(fd), false) = (out_fd, self.sends.is_empty()) {
+            let sent = self.batch.send(fd, &self.sends);
+            let bytes: u64 = self.sends[..sent]
+                .iter()
+                .map(|&(i, _)| self.batch.datagram(i).0.len() as u64)
+                .sum();
+            LegCounters::bump(&tx_counters.tx_packets, sent as u64);
+            LegCounters::bump(&tx_counters.tx_bytes, bytes);
+            let failed = (self.sends.len() - sent) as u64;
+            if failed > 0 {
+                LegCounters::bump(&rx_counters.dropped_send, failed);
+            }
+            LegCounters::bump(&self.counters.forwarded, sent as u64);
+        }
+        LegCounters::bump(&self.counters.received, n as u64);
+        if n < BATCH { Drained::Yes } else { Drained::No }
+    }
+
+    /// Reads the kernel's per-socket drop counters of streams that were flooded.
+    fn housekeeping(&mut self) {
+        for (_, stream) in self.streams.iter_mut().filter(|(_, s)| s.flooded) {
+            stream.flooded = false;
+            for leg in 0..2 {
+                for component in [RTP, RTCP] {
+                    let Some(fd) = socket_fd(&stream.legs[leg], component) else {
+                        continue;
+                    };
+                    let Some(drops) = kernel_drops(fd) else {
+                        continue;
+                    };
+                    let seen = &mut stream.kernel_drops_seen[leg][component];
+                    let new = drops.wrapping_sub(*seen);
+                    *seen = drops;
+                    LegCounters::bump(&stream.shared.legs[leg].dropped_overflow, u64::from(new));
+                }
+            }
+        }
+    }
+}
+
+fn socket_fd(leg: &LegSlot, component: usize) -> Option<RawFd> {
+    leg.sockets
+        .as_ref()
+        .and_then(|s| s.get(component))
+        .map(|s| s.as_raw_fd())
+}
+
+/// Where packets of `component` go for a leg. RTCP that has not latched yet follows a latched
+/// RTP address on port + 1 (unless the SDP gave an explicit RTCP address).
+fn destination(leg: &LegSlot, component: usize) -> Option<SocketAddr> {
+    if component == RTP || leg.latch[RTCP].policy().mode == LatchMode::Asymmetric {
+        return leg.latch[component].destination();
+    }
+    leg.latch[RTCP]
+        .latched()
+        .or_else(|| match (leg.rtcp_explicit, leg.latch[RTP].latched()) {
+            (false, Some(rtp)) => Some(rtcp_of(rtp)),
+            _ => leg.latch[RTCP].sdp(),
+        })
+}
+
+fn rtcp_of(rtp: SocketAddr) -> SocketAddr {
+    SocketAddr::new(rtp.ip(), rtp.port().wrapping_add(1))
+}
+
+/// SK_MEMINFO_DROPS: datagrams the kernel dropped because this socket's queue was full.
+fn kernel_drops(fd: RawFd) -> Option<u32> {
+    const SK_MEMINFO_VARS: usize = 9;
+    const SK_MEMINFO_DROPS: usize = 8;
+    let mut info = [0u32; SK_MEMINFO_VARS];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: valid fd; the buffer and its length describe `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (rc == 0).then_some(info[SK_MEMINFO_DROPS])
+}
+
+/// Registers the waker on `poll`.
+pub(super) fn waker(poll: &Poll) -> io::Result<Waker> {
+    Waker::new(poll.registry(), WAKER)
+}
