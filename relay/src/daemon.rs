@@ -2,6 +2,7 @@
 //! serve until told to stop, then shut down gracefully.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -11,6 +12,8 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::control::core::{Core, CoreHandle};
 use crate::control::grpc::{self, GrpcError, RelayService};
+use crate::control::rtpp::handler::Handler;
+use crate::control::rtpp::server::{self as rtpp_server, Acl, Listener};
 use crate::datapath::user::SocketOpener;
 use crate::metrics::Metrics;
 use crate::session::TableConfig;
@@ -32,6 +35,16 @@ pub enum DaemonError {
     Metrics(#[from] prometheus::Error),
     #[error("metrics endpoint: {0}")]
     MetricsServe(std::io::Error),
+    #[error("cannot listen for rtpproxy commands on {spec}: {source}")]
+    RtppBind {
+        spec: String,
+        source: std::io::Error,
+    },
+    #[error("rtpproxy listener {spec}: {source}")]
+    RtppServe {
+        spec: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Grpc(#[from] GrpcError),
     #[error("a daemon task failed: {0}")]
@@ -45,6 +58,7 @@ pub enum DaemonError {
 pub struct Daemon {
     core: Option<Core>,
     handle: CoreHandle,
+    rtpp_udp: Option<SocketAddr>,
     metrics_addr: SocketAddr,
     grpc_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -60,11 +74,31 @@ impl Daemon {
         let grpc_listener = bind("gRPC", config.grpc.listen).await?;
         let metrics_addr = local_addr("metrics", &metrics_listener, config.metrics.listen)?;
         let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc.listen)?;
+        let mut rtpp_listeners = Vec::new();
+        for spec in &config.rtpproxy.listen {
+            let listener = Listener::bind(spec)
+                .await
+                .map_err(|source| DaemonError::RtppBind {
+                    spec: spec.to_string(),
+                    source,
+                })?;
+            rtpp_listeners.push(listener);
+        }
         let opener = SocketOpener {
             recv_buffer: config.media.recv_buffer,
         };
-        let (core, handle) =
-            Core::start(table_config(config), opener).map_err(DaemonError::Datapath)?;
+        let table_config = table_config(config);
+        let latch = table_config.latch;
+        let (core, handle) = Core::start(table_config, opener).map_err(DaemonError::Datapath)?;
+        let notify_socket = (!config.rtpproxy.notify_socket.is_empty())
+            .then(|| config.rtpproxy.notify_socket.clone());
+        let rtpp = Arc::new(Handler::new(handle.clone(), latch, notify_socket.clone()));
+        let acl = Arc::new(Acl::new(config.rtpproxy.allow.clone()));
+        let rtpp_addrs: Vec<String> = rtpp_listeners
+            .iter()
+            .map(Listener::local_description)
+            .collect();
+        let rtpp_udp = rtpp_listeners.iter().find_map(Listener::udp_addr);
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
@@ -75,6 +109,27 @@ impl Daemon {
             }
         };
         let mut tasks = JoinSet::new();
+        for listener in rtpp_listeners {
+            let spec = listener.local_description();
+            let (handler, acl, stop) = (rtpp.clone(), acl.clone(), stop.subscribe());
+            tasks.spawn(async move {
+                listener
+                    .serve(handler, acl, stop)
+                    .await
+                    .map_err(|source| DaemonError::RtppServe { spec, source })
+            });
+        }
+        if let Some(target) = notify_socket {
+            let events = handle.subscribe();
+            let mut stop_rx = stop.subscribe();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = rtpp_server::notifier(target, events) => {},
+                    _ = stop_rx.wait_for(|s| *s) => {},
+                }
+                Ok(())
+            });
+        }
         let metrics_stop = until_stopped();
         tasks.spawn(async move {
             metrics
@@ -91,12 +146,14 @@ impl Daemon {
         tracing::info!(
             metrics = %format!("http://{metrics_addr}/metrics"),
             grpc = %grpc_addr,
+            rtpproxy = %rtpp_addrs.join(","),
             "sluice {} ready",
             crate::metrics::VERSION
         );
         Ok(Daemon {
             core: Some(core),
             handle,
+            rtpp_udp,
             metrics_addr,
             grpc_addr,
             stop,
@@ -107,6 +164,11 @@ impl Daemon {
     /// The command core, for front ends and tests.
     pub fn core(&self) -> &CoreHandle {
         &self.handle
+    }
+
+    /// The first UDP rtpproxy listener's bound address.
+    pub fn rtpp_udp_addr(&self) -> Option<SocketAddr> {
+        self.rtpp_udp
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {

@@ -153,7 +153,10 @@ mod tests {
 
     fn pool(min: u16, max: u16, q_ms: u64) -> (PortPool, Instant) {
         let now = Instant::now();
-        (PortPool::new(min, max, Duration::from_millis(q_ms), now), now)
+        (
+            PortPool::new(min, max, Duration::from_millis(q_ms), now),
+            now,
+        )
     }
 
     #[test]
@@ -163,7 +166,14 @@ mod tests {
         let mut got: Vec<u16> = (0..4).map(|_| p.allocate(now).unwrap().rtp).collect();
         got.sort();
         assert_eq!(got, [30002, 30004, 30006, 30008]);
-        assert!(matches!(p.allocate(now), Err(PortError::Exhausted { total: 4, in_use: 4, .. })));
+        assert!(matches!(
+            p.allocate(now),
+            Err(PortError::Exhausted {
+                total: 4,
+                in_use: 4,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -183,7 +193,10 @@ mod tests {
         let a = p.allocate(t0).unwrap();
         let b = p.allocate(t0).unwrap();
         assert!(p.release(a, t0));
-        assert!(p.allocate(t0 + Duration::from_secs(9)).is_err(), "a still quarantined");
+        assert!(
+            p.allocate(t0 + Duration::from_secs(9)).is_err(),
+            "a still quarantined"
+        );
         let usage = p.usage(t0 + Duration::from_secs(9));
         assert_eq!((usage.in_use, usage.quarantined), (1, 1));
         assert_eq!(p.allocate(t0 + Duration::from_secs(10)).unwrap(), a);

@@ -126,6 +126,8 @@ pub enum CoreError {
     NotFound,
     #[error("no media interface {0}")]
     NoInterface(String),
+    #[error("no {} media interface", if *.ipv6 { "IPv6" } else { "IPv4" })]
+    NoInterfaceForFamily { ipv6: bool },
     #[error("interface {interface}: {source}")]
     PortsExhausted {
         interface: String,
@@ -791,12 +793,10 @@ impl Table {
                 .iter()
                 .position(|i| i.spec.address == *addr || i.spec.advertise == Some(*addr)),
         };
-        found.ok_or_else(|| {
-            CoreError::NoInterface(match sel {
-                InterfaceSel::Auto => format!("for {}", if v6 { "IPv6" } else { "IPv4" }),
-                InterfaceSel::Named(name) => format!("named `{name}`"),
-                InterfaceSel::Address(addr) => format!("with address {addr}"),
-            })
+        found.ok_or_else(|| match sel {
+            InterfaceSel::Auto => CoreError::NoInterfaceForFamily { ipv6: v6 },
+            InterfaceSel::Named(name) => CoreError::NoInterface(format!("named `{name}`")),
+            InterfaceSel::Address(addr) => CoreError::NoInterface(format!("with address {addr}")),
         })
     }
 
