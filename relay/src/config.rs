@@ -365,10 +365,8 @@ impl Config {
                 return Err((key.into(), "must be at least 1s".into()));
             }
         }
-        if !self.rtpproxy.notify_socket.is_empty()
-            && !(self.rtpproxy.notify_socket.starts_with("unix:/")
-                || self.rtpproxy.notify_socket.starts_with("tcp:"))
-        {
+        let notify = &self.rtpproxy.notify_socket;
+        if !notify.is_empty() && !notify.starts_with("unix:/") && !notify.starts_with("tcp:") {
             return Err((
                 "rtpproxy.notify_socket".into(),
                 "expected `unix:/path` or `tcp:HOST:PORT`".into(),

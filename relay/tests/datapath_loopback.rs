@@ -328,3 +328,62 @@ fn media_timeout_ends_a_silent_session() {
     drop(handle);
     core.join();
 }
+
+fn ep_v6() -> (UdpSocket, SocketAddr) {
+    let s = UdpSocket::bind("[::1]:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let a = s.local_addr().unwrap();
+    (s, a)
+}
+
+#[test]
+fn bridges_an_ipv4_caller_to_an_ipv6_callee() {
+    let rt = runtime();
+    let base = port_base(4);
+    let mut cfg = config(base, Duration::from_secs(60));
+    cfg.interfaces.push(InterfaceSpec {
+        name: "v6".into(),
+        address: "::1".parse().unwrap(),
+        advertise: None,
+        port_min: base + 100,
+        port_max: base + 199,
+    });
+    cfg.interfaces[0].port_max = base + 99;
+    let (core, handle) = Core::start(cfg, SocketOpener::default()).unwrap();
+    let caller = Endpoint::new();
+    let (callee, callee_addr) = ep_v6();
+    // The callee-facing leg goes on the IPv6 interface, the caller-facing one on IPv4.
+    let offer = rt
+        .block_on(handle.update(UpdateRequest {
+            interface: InterfaceSel::Named("v6".into()),
+            ..request(UpdateKind::Offer, "br", "ft", None, caller.addr())
+        }))
+        .unwrap();
+    assert!(offer.address.is_ipv6());
+    let answer = rt
+        .block_on(handle.update(UpdateRequest {
+            interface: InterfaceSel::Named("lo".into()),
+            ..request(UpdateKind::Answer, "br", "tt", Some("ft"), callee_addr)
+        }))
+        .unwrap();
+    assert!(answer.address.is_ipv4());
+    caller
+        .rtp
+        .send_to(&rtp_packet(1, 0), relay_addr(answer.rtp_port))
+        .unwrap();
+    let (data, from) = recv_from(&callee).expect("IPv6 callee receives");
+    assert_eq!(data, rtp_packet(1, 0));
+    assert_eq!(from, SocketAddr::new(offer.address, offer.rtp_port));
+    callee
+        .send_to(
+            &rtp_packet(2, 0),
+            SocketAddr::new(offer.address, offer.rtp_port),
+        )
+        .unwrap();
+    let (data, from) = recv_from(&caller.rtp).expect("IPv4 caller receives");
+    assert_eq!(data, rtp_packet(2, 0));
+    assert_eq!(from, relay_addr(answer.rtp_port));
+    drop(handle);
+    core.join();
+}

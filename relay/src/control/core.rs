@@ -40,6 +40,9 @@ enum Request {
     List(oneshot::Sender<Vec<SessionInfo>>),
     DeleteAll(oneshot::Sender<usize>),
     Stats(oneshot::Sender<CoreStats>),
+    /// Stop even while front ends still hold handles (a client connection lingering during
+    /// shutdown must not keep the relay alive); they get `Unavailable` afterwards.
+    Shutdown,
 }
 
 #[derive(Clone)]
@@ -143,9 +146,11 @@ impl Core {
         ))
     }
 
-    /// Stops the core once every handle is gone; sockets close as the datapath stops.
+    /// Stops the core (ending every session; sockets close as the datapath stops) and waits.
     pub fn join(mut self) {
-        self.stop.take();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(Request::Shutdown);
+        }
         if let Some(t) = self.thread.take()
             && t.join().is_err()
         {
@@ -172,8 +177,8 @@ impl CoreLoop {
                 .max(Duration::from_millis(1));
             select! {
                 recv(requests) -> req => match req {
+                    Ok(Request::Shutdown) | Err(_) => break,
                     Ok(req) => self.handle(req),
-                    Err(_) => break, // every handle dropped: shut down
                 },
                 recv(worker_events) -> ev => {
                     if let Ok(WorkerEvent::Latched { stream, leg, rtcp, addr, .. }) = ev {
@@ -232,6 +237,7 @@ impl CoreLoop {
                 let n = self.table.delete_all(now, &mut self.actions);
                 let _ = reply.send(n);
             }
+            Request::Shutdown => {}
             Request::Stats(reply) => {
                 let _ = reply.send(CoreStats {
                     counters: self.table.counters(),

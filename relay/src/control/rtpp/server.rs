@@ -113,7 +113,7 @@ impl Acl {
         if !ok {
             let n = self.denied.fetch_add(1, Relaxed);
             // Log the first and then every 1000th, not every packet of a scan.
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(%ip, denied_total = n + 1, "rtpproxy command from a source outside rtpproxy.allow dropped");
             }
         }
