@@ -199,17 +199,25 @@ fn forwards_rtp_and_rtcp_both_ways_with_the_relay_as_source() {
     assert_eq!(&data, b"\x81\xc9\x00\x01rtcp");
     assert_eq!(from, relay_addr(call.offer.rtcp_port));
 
+    // A non-RTP payload on the RTP port (STUN here) is forwarded unchanged and counted.
+    let stun = [
+        0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+    ];
+    caller.rtp.send_to(&stun, to_caller_leg).unwrap();
+    assert_eq!(recv_from(&callee.rtp).expect("STUN forwarded").0, stun);
+
     let info = rt.block_on(handle.get("fwd".into())).unwrap().unwrap();
     let legs = &info.streams[0].legs;
+    assert_eq!(legs[0].counters.non_rtp, 1);
     assert_eq!(legs[0].latched_rtp, Some(caller.addr()));
     assert_eq!(legs[1].latched_rtp, Some(callee.addr()));
     assert_eq!(
-        legs[0].counters.rx_packets, 51,
-        "50 RTP + 1 RTCP from the caller"
+        legs[0].counters.rx_packets, 52,
+        "50 RTP + 1 RTCP + 1 STUN from the caller"
     );
     assert_eq!(
-        legs[1].counters.tx_packets, 51,
-        "50 RTP + 1 RTCP sent to the callee"
+        legs[1].counters.tx_packets, 52,
+        "all of it sent to the callee"
     );
     assert_eq!(legs[0].counters.rtp_lost, 0);
     drop(handle);

@@ -18,6 +18,8 @@ pub struct LegCounters {
     pub dropped_overflow: AtomicU64,
     /// Send failures (e.g. no route, buffer full).
     pub dropped_send: AtomicU64,
+    /// Packets on the RTP port that are not RTP (STUN, DTLS, anything): forwarded unchanged.
+    pub non_rtp: AtomicU64,
     pub rtp_expected: AtomicU64,
     pub rtp_lost: AtomicI64,
     pub rtp_out_of_order: AtomicU64,
@@ -53,6 +55,7 @@ pub struct LegSnapshot {
     pub dropped_no_destination: u64,
     pub dropped_overflow: u64,
     pub dropped_send: u64,
+    pub non_rtp: u64,
     pub rtp_expected: u64,
     pub rtp_lost: i64,
     pub rtp_out_of_order: u64,
@@ -80,6 +83,7 @@ impl LegCounters {
             dropped_no_destination: self.dropped_no_destination.load(Relaxed),
             dropped_overflow: self.dropped_overflow.load(Relaxed),
             dropped_send: self.dropped_send.load(Relaxed),
+            non_rtp: self.non_rtp.load(Relaxed),
             rtp_expected: self.rtp_expected.load(Relaxed),
             rtp_lost: self.rtp_lost.load(Relaxed),
             rtp_out_of_order: self.rtp_out_of_order.load(Relaxed),

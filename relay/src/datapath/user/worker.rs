@@ -284,7 +284,8 @@ impl Worker {
             }
         };
         let now_ns = clock::now_ns();
-        let shared = stream.shared.clone();
+        let stream_id = stream.id;
+        let shared = &*stream.shared;
         let (rx_counters, tx_counters) = (&shared.legs[leg], &shared.legs[other]);
         let [leg0, leg1] = &mut stream.legs;
         let (from, to) = if leg == 0 { (leg0, leg1) } else { (leg1, leg0) };
@@ -319,7 +320,7 @@ impl Worker {
                 Verdict::Accept { learned } => {
                     if let Some(learned) = learned {
                         let _ = self.events.send(WorkerEvent::Latched {
-                            stream: stream.id,
+                            stream: stream_id,
                             leg,
                             rtcp: component == RTCP,
                             addr: src,
@@ -330,9 +331,13 @@ impl Worker {
             }
             accepted += 1;
             rx_bytes += data.len() as u64;
-            if let Some(p) = rtp {
-                from.stats.on_packet(&p, now_ns);
-                rtp_seen = true;
+            match rtp {
+                Some(p) => {
+                    from.stats.on_packet(&p, now_ns);
+                    rtp_seen = true;
+                }
+                None if component == RTP => LegCounters::bump(&rx_counters.non_rtp, 1),
+                None => {}
             }
             match destination {
                 Some(dest) if out_fd.is_some() => self.sends.push((i, dest)),
