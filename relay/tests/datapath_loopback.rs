@@ -1,6 +1,9 @@
 //! The command core and the userspace datapath with real UDP sockets on 127.0.0.1: forwarding
 //! both ways, RTCP on port + 1, NAT latching, RTP Bleed protection, delete, media timeout.
 
+mod common;
+
+use common::request;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -8,9 +11,7 @@ use sluice::control::core::{Core, CoreHandle};
 use sluice::datapath::user::SocketOpener;
 use sluice::session::latch::LatchPolicy;
 use sluice::session::table::InterfaceSpec;
-use sluice::session::{
-    InterfaceSel, LegOptions, TableConfig, UpdateKind, UpdateReply, UpdateRequest,
-};
+use sluice::session::{InterfaceSel, TableConfig, UpdateKind, UpdateReply, UpdateRequest};
 
 const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
 
@@ -44,28 +45,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-fn request(
-    kind: UpdateKind,
-    call: &str,
-    from: &str,
-    to: Option<&str>,
-    remote: SocketAddr,
-) -> UpdateRequest {
-    UpdateRequest {
-        kind,
-        call_id: call.into(),
-        from_tag: from.into(),
-        to_tag: to.map(Into::into),
-        media_index: 1,
-        remote: Some(remote),
-        remote_rtcp: None,
-        ipv6: false,
-        interface: InterfaceSel::Auto,
-        options: LegOptions::default(),
-        notify: None,
-    }
 }
 
 struct Endpoint {

@@ -3,6 +3,9 @@
 //! same worker keep zero loss. This checks behaviour, not speed: the flood is bounded in count
 //! and time, and the assertions are about loss, not throughput.
 
+mod common;
+
+use common::request;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -10,29 +13,7 @@ use sluice::control::core::{Core, CoreHandle};
 use sluice::datapath::user::SocketOpener;
 use sluice::session::latch::LatchPolicy;
 use sluice::session::table::InterfaceSpec;
-use sluice::session::{InterfaceSel, LegOptions, TableConfig, UpdateKind, UpdateRequest};
-
-fn request(
-    kind: UpdateKind,
-    call: &str,
-    from: &str,
-    to: Option<&str>,
-    remote: SocketAddr,
-) -> UpdateRequest {
-    UpdateRequest {
-        kind,
-        call_id: call.into(),
-        from_tag: from.into(),
-        to_tag: to.map(Into::into),
-        media_index: 1,
-        remote: Some(remote),
-        remote_rtcp: None,
-        ipv6: false,
-        interface: InterfaceSel::Auto,
-        options: LegOptions::default(),
-        notify: None,
-    }
-}
+use sluice::session::{TableConfig, UpdateKind};
 
 struct Call {
     caller: UdpSocket,

@@ -6,7 +6,7 @@ pub mod table;
 pub mod timer;
 
 pub use table::{
-    Action, CoreError, EndReason, InterfaceSel, LegInfo, LegOpener, LegOptions, Notify,
+    Action, CoreError, EndReason, InterfaceSel, LegInfo, LegOpener, LegOptions, LegUpdate, Notify,
     SessionEvent, SessionInfo, StreamId, Table, TableConfig, UpdateKind, UpdateReply,
     UpdateRequest,
 };

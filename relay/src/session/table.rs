@@ -192,17 +192,10 @@ pub enum SessionEvent {
 /// What the IO shell must do after a table call.
 #[derive(Debug)]
 pub enum Action<S> {
-    /// Create or update one leg of a stream on `worker`. `sockets` is set when the leg's local
-    /// pair was just opened; the other fields always carry the leg's full current state.
+    /// Create or update one leg of a stream on `worker`.
     Leg {
-        stream: StreamId,
         worker: usize,
-        leg: usize,
-        sockets: Option<S>,
-        remote: Option<SocketAddr>,
-        remote_rtcp: Option<SocketAddr>,
-        policy: LatchPolicy,
-        shared: Arc<StreamShared>,
+        update: LegUpdate<S>,
     },
     /// Close the stream's sockets (its ports are already back in quarantine).
     Remove {
@@ -210,6 +203,19 @@ pub enum Action<S> {
         worker: usize,
     },
     Event(SessionEvent),
+}
+
+/// One leg's full current state, as the datapath needs it.
+#[derive(Debug)]
+pub struct LegUpdate<S> {
+    pub stream: StreamId,
+    pub leg: usize,
+    /// Set when the leg's local pair was just opened.
+    pub sockets: Option<S>,
+    pub remote: Option<SocketAddr>,
+    pub remote_rtcp: Option<SocketAddr>,
+    pub policy: LatchPolicy,
+    pub shared: Arc<StreamShared>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -477,14 +483,16 @@ impl Table {
             }
             let l = &stream.legs[leg];
             actions.push(Action::Leg {
-                stream: stream.id,
                 worker: stream.worker,
-                leg,
-                sockets: s,
-                remote: l.remote,
-                remote_rtcp: l.remote_rtcp,
-                policy: l.policy,
-                shared: stream.shared.clone(),
+                update: LegUpdate {
+                    stream: stream.id,
+                    leg,
+                    sockets: s,
+                    remote: l.remote,
+                    remote_rtcp: l.remote_rtcp,
+                    policy: l.policy,
+                    shared: stream.shared.clone(),
+                },
             });
         }
         let (iface, pair) = stream.legs[other]
@@ -1338,12 +1346,7 @@ mod tests {
             .actions
             .iter()
             .filter_map(|a| match a {
-                Action::Leg {
-                    leg,
-                    sockets,
-                    remote,
-                    ..
-                } => Some((*leg, *sockets, *remote)),
+                Action::Leg { update: u, .. } => Some((u.leg, u.sockets, u.remote)),
                 _ => None,
             })
             .collect();
@@ -1356,15 +1359,7 @@ mod tests {
         let with_sockets = f
             .actions
             .iter()
-            .filter(|a| {
-                matches!(
-                    a,
-                    Action::Leg {
-                        sockets: Some(_),
-                        ..
-                    }
-                )
-            })
+            .filter(|a| matches!(a, Action::Leg { update, .. } if update.sockets.is_some()))
             .count();
         assert_eq!(with_sockets, 0, "a retry opens nothing");
     }

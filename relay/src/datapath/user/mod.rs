@@ -17,25 +17,13 @@ use mio::{Poll, Waker};
 pub use batch::{BATCH, MAX_DATAGRAM};
 pub use socket::{LegSockets, SocketOpener};
 
-use crate::session::latch::LatchPolicy;
-use crate::session::stats::StreamShared;
-use crate::session::{Action, StreamId};
+use crate::session::{Action, LegUpdate, StreamId};
 
 /// Control to worker.
 #[derive(Debug)]
 pub enum WorkerCmd {
-    Leg {
-        stream: StreamId,
-        leg: usize,
-        sockets: Option<LegSockets>,
-        remote: Option<SocketAddr>,
-        remote_rtcp: Option<SocketAddr>,
-        policy: LatchPolicy,
-        shared: Arc<StreamShared>,
-    },
-    Remove {
-        stream: StreamId,
-    },
+    Leg(LegUpdate<LegSockets>),
+    Remove { stream: StreamId },
     Shutdown,
 }
 
@@ -113,27 +101,7 @@ impl Datapath {
     /// Carries out a datapath action of the session table; events are not for us.
     pub fn apply(&self, action: Action<LegSockets>) -> Option<crate::session::SessionEvent> {
         let (worker, cmd) = match action {
-            Action::Leg {
-                stream,
-                worker,
-                leg,
-                sockets,
-                remote,
-                remote_rtcp,
-                policy,
-                shared,
-            } => (
-                worker,
-                WorkerCmd::Leg {
-                    stream,
-                    leg,
-                    sockets,
-                    remote,
-                    remote_rtcp,
-                    policy,
-                    shared,
-                },
-            ),
+            Action::Leg { worker, update } => (worker, WorkerCmd::Leg(update)),
             Action::Remove { stream, worker } => (worker, WorkerCmd::Remove { stream }),
             Action::Event(e) => return Some(e),
         };

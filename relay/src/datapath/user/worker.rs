@@ -25,9 +25,9 @@ use super::socket::LegSockets;
 use super::{WorkerCmd, WorkerCounters, WorkerEvent};
 use crate::clock;
 use crate::rtp::{PacketKind, RtpStats, classify};
-use crate::session::StreamId;
-use crate::session::latch::{Content, Latch, LatchMode, LatchPolicy, Learned, Verdict};
+use crate::session::latch::{Content, Latch, LatchMode, Learned, Verdict};
 use crate::session::stats::{LegCounters, StreamShared};
+use crate::session::{LegUpdate, StreamId};
 
 /// Batches one socket may read per round before others get their turn.
 const BUDGET: usize = 4;
@@ -140,15 +140,7 @@ impl Worker {
         }
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                WorkerCmd::Leg {
-                    stream,
-                    leg,
-                    sockets,
-                    remote,
-                    remote_rtcp,
-                    policy,
-                    shared,
-                } => self.upsert_leg(stream, leg, sockets, remote, remote_rtcp, policy, shared),
+                WorkerCmd::Leg(update) => self.upsert_leg(update),
                 WorkerCmd::Remove { stream } => self.remove(stream),
                 WorkerCmd::Shutdown => {
                     self.stopping = true;
@@ -159,17 +151,16 @@ impl Worker {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn upsert_leg(
-        &mut self,
-        id: StreamId,
-        leg: usize,
-        sockets: Option<LegSockets>,
-        remote: Option<SocketAddr>,
-        remote_rtcp: Option<SocketAddr>,
-        policy: LatchPolicy,
-        shared: Arc<StreamShared>,
-    ) {
+    fn upsert_leg(&mut self, update: LegUpdate<LegSockets>) {
+        let LegUpdate {
+            stream: id,
+            leg,
+            sockets,
+            remote,
+            remote_rtcp,
+            policy,
+            shared,
+        } = update;
         if leg > 1 {
             return;
         }
