@@ -1,5 +1,20 @@
 //! sluice-bench: load tests and side-by-side comparisons of RTP relays.
 //!
 //! `topo` builds the network-namespace topology the benchmarks and the privileged tests share.
+//! The load generator: `rtpp_client` (rtpproxy control protocol over UDP), `payload` (RTP/RTCP
+//! packets with a send stamp), `stats` (loss/reordering/latency), `procstat`/`meter` (CPU,
+//! memory and fds from /proc), `relay` (starting the relay under test), `scenario::{control,
+//! steady}` and `report`.
+pub mod clock;
+pub mod meter;
+pub mod payload;
 pub mod privileged;
+pub mod procstat;
+pub mod relay;
+pub mod report;
+pub mod rtpp_client;
+pub mod run;
+pub mod scenario;
+pub mod stats;
+pub mod sys;
 pub mod topo;

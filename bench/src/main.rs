@@ -1,8 +1,9 @@
-//! `sluice-bench`: namespace topology for load tests (the load scenarios build on it).
+//! `sluice-bench`: load tests of RTP relays (`run`) and the namespace topology (`topo`).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use sluice_bench::run::{RunArgs, execute};
 use sluice_bench::topo::{self, Role, Topology};
 
 #[derive(Parser)]
@@ -14,6 +15,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a load scenario against a relay (started here unless --connect) and report.
+    Run(Box<RunArgs>),
     /// Build or remove the caller/relay/callee namespace topology (needs root).
     Topo {
         #[command(subcommand)]
@@ -32,9 +35,21 @@ enum TopoAction {
     Down,
 }
 
+fn run(args: &RunArgs) -> anyhow::Result<()> {
+    let report = execute(args)?;
+    print!("{}", report.human());
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(&args),
         Command::Topo { action, prefix } => match action {
             TopoAction::Up => Topology::up(&prefix).map(|t| {
                 for role in [Role::Caller, Role::Relay, Role::Callee] {
@@ -43,12 +58,13 @@ fn main() -> ExitCode {
                 t.keep();
             }),
             TopoAction::Down => topo::down(&prefix),
-        },
+        }
+        .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sluice-bench: {e}");
+            eprintln!("sluice-bench: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -1,0 +1,318 @@
+//! `sluice-bench run`: options, relay setup, scenario dispatch, report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+use crate::relay::{self, Relay, RelayProcess, SpawnOptions};
+use crate::report::{Machine, RelayInfo, Report};
+use crate::scenario::control::{self, ControlOptions};
+use crate::scenario::steady::{self, SteadyOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Sluice through its rtpproxy-protocol front end (started by the harness unless --connect).
+    SluiceRtpp,
+    /// Any other relay speaking the rtpproxy protocol (e.g. sippy/rtpproxy); needs --connect.
+    Rtpproxy,
+    /// No relay: steady's endpoints send straight to each other (the generator's own floor).
+    Direct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Offer + answer + delete cycles, no media.
+    Control,
+    /// Concurrent calls with RTP/RTCP both ways.
+    Steady,
+}
+
+/// Parses "10", "10s", "1.5s", "500ms", "2m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a duration like 10s, 500ms, 2m"))?;
+    if !(v.is_finite() && v >= 0.0) {
+        return Err(format!("`{s}`: must be >= 0"));
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Parses "MIN-MAX".
+pub fn parse_range(s: &str) -> Result<(u16, u16), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("`{s}`: expected MIN-MAX"))?;
+    let a: u16 = a.trim().parse().map_err(|_| format!("`{s}`: bad port"))?;
+    let b: u16 = b.trim().parse().map_err(|_| format!("`{s}`: bad port"))?;
+    if a >= b || a < 1024 {
+        return Err(format!("`{s}`: need 1024 <= MIN < MAX"));
+    }
+    Ok((a, b))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Relay under test.
+    #[arg(long, value_enum, default_value = "sluice-rtpp")]
+    pub target: Target,
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+
+    /// Relay binary to start (default: `sluice` next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub relay_bin: Option<PathBuf>,
+    /// Use a running relay at udp:127.0.0.1:PORT instead of starting one.
+    #[arg(long, value_name = "udp:ADDR:PORT")]
+    pub connect: Option<String>,
+    /// With --connect: the relay's pid, for CPU/memory/fd accounting.
+    #[arg(long, value_name = "PID")]
+    pub relay_pid: Option<u32>,
+    /// media.workers of the started relay (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: u32,
+    /// media.port_min-port_max of the started relay.
+    #[arg(long, default_value = "20000-31999", value_parser = parse_range)]
+    pub relay_ports: (u16, u16),
+    /// media.quarantine of the started relay [default: 0s for control (at 20k cycles/s a 10 s
+    /// quarantine would need 400k port pairs), 10s for steady].
+    #[arg(long, value_parser = parse_duration)]
+    pub quarantine: Option<Duration>,
+    /// xdp.mode of the started relay (the userspace relay is measured with "off").
+    #[arg(long, default_value = "off")]
+    pub xdp: String,
+    /// log.level of the started relay.
+    #[arg(long, default_value = "warn")]
+    pub relay_log_level: String,
+
+    /// How long to run: control, until cycles start no more [default 10s unless --cycles];
+    /// steady, the measurement window after the ramp [default 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// control: cycles in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// control: stop after this many cycles.
+    #[arg(long)]
+    pub cycles: Option<u64>,
+    /// control: start cycles at this fixed rate (per second) instead of back to back.
+    #[arg(long, value_name = "CYCLES_PER_S")]
+    pub rate: Option<f64>,
+    /// Control command retransmission timeout (Kamailio: 1 s).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Control command tries before giving up (Kamailio: 5).
+    #[arg(long, default_value_t = 5)]
+    pub tries: u32,
+
+    /// steady: concurrent calls.
+    #[arg(long, default_value_t = 1000)]
+    pub calls: usize,
+    /// steady: calls set up per second.
+    #[arg(long, value_name = "CALLS_PER_S", default_value_t = 500.0)]
+    pub ramp: f64,
+    /// steady: RTP packets per second per direction.
+    #[arg(long, default_value_t = 50)]
+    pub pps: u32,
+    /// steady: RTCP sender report interval per direction.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub rtcp_interval: Duration,
+    /// steady: sender threads.
+    #[arg(long, default_value_t = 1)]
+    pub send_threads: usize,
+    /// steady: receiver threads.
+    #[arg(long, default_value_t = 1)]
+    pub recv_threads: usize,
+    /// steady: local ports of the generator's endpoints (4 per call).
+    #[arg(long, default_value = "10000-19999", value_parser = parse_range)]
+    pub endpoint_ports: (u16, u16),
+    /// steady: sender wakeups per packet period; calls are spread evenly over them (20 = a
+    /// wakeup every 1 ms at 50 pps, i.e. 1/20 of the calls per wakeup).
+    #[arg(long, default_value_t = 20)]
+    pub phases: u64,
+    /// steady: wait after the last packet before counting.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub drain: Duration,
+
+    /// Also write the report as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs one benchmark and returns its report.
+pub fn execute(a: &RunArgs) -> Result<Report> {
+    crate::clock::now_ns(); // fix the epoch
+    // The relay inherits the limit: 4 sockets per call on each side.
+    crate::sys::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
+    let machine = Machine::probe();
+    let relay = match (&a.connect, a.target) {
+        (_, Target::Direct) => {
+            if a.scenario != Scenario::Steady {
+                bail!("--target direct only makes sense with --scenario steady");
+            }
+            // Never contacted: the endpoints talk to each other.
+            Relay::Connected {
+                rtpp: "127.0.0.1:9".parse().unwrap(),
+                pid: None,
+            }
+        }
+        (Some(spec), _) => Relay::Connected {
+            rtpp: relay::parse_connect(spec)?,
+            pid: a.relay_pid,
+        },
+        (None, Target::Rtpproxy) => bail!("--target rtpproxy needs --connect udp:127.0.0.1:PORT"),
+        (None, Target::SluiceRtpp) => {
+            let bin = match &a.relay_bin {
+                Some(b) => b.clone(),
+                None => relay::default_relay_bin().context(
+                    "no `sluice` binary next to sluice-bench; build it (cargo build --release -p sluice) \
+                     or pass --relay-bin",
+                )?,
+            };
+            let quarantine = a.quarantine.unwrap_or(match a.scenario {
+                Scenario::Control => Duration::ZERO,
+                Scenario::Steady => Duration::from_secs(10),
+            });
+            let o = SpawnOptions {
+                bin,
+                workers: a.workers,
+                port_min: a.relay_ports.0,
+                port_max: a.relay_ports.1,
+                quarantine: format!("{}ms", quarantine.as_millis()),
+                xdp: a.xdp.clone(),
+                log_level: a.relay_log_level.clone(),
+            };
+            Relay::Spawned(RelayProcess::spawn(&o, Duration::from_secs(15))?)
+        }
+    };
+    if let Relay::Connected { rtpp, .. } = &relay
+        && a.target != Target::Direct
+        && !crate::rtpp_client::probe_version(*rtpp, Duration::from_millis(500))
+    {
+        bail!("the relay at udp:{rtpp} does not answer V with 20040107");
+    }
+    let info = RelayInfo {
+        mode: match &relay {
+            Relay::Spawned(_) => "spawned".into(),
+            Relay::Connected { .. } => "connected".into(),
+        },
+        bin: match &relay {
+            Relay::Spawned(_) => a
+                .relay_bin
+                .clone()
+                .or_else(relay::default_relay_bin)
+                .map(|p| p.display().to_string()),
+            Relay::Connected { .. } => None,
+        },
+        pid: relay.pid(),
+        rtpp: format!("udp:{}", relay.rtpp()),
+        config: match &relay {
+            Relay::Spawned(p) => Some(p.config.clone()),
+            Relay::Connected { .. } => None,
+        },
+        build: match &relay {
+            Relay::Spawned(p) => relay::build_info(p.metrics),
+            Relay::Connected { .. } => None,
+        },
+    };
+    let progress = !a.quiet;
+    let (control, steady) = match a.scenario {
+        Scenario::Control => {
+            let duration = match (a.duration, a.cycles) {
+                (None, None) => Some(Duration::from_secs(10)),
+                (d, _) => d,
+            };
+            let o = ControlOptions {
+                concurrency: a.concurrency,
+                duration,
+                cycles: a.cycles,
+                rate: a.rate,
+                timeout: a.timeout,
+                tries: a.tries,
+                progress,
+            };
+            (Some(control::run(relay.rtpp(), relay.pid(), &o)?), None)
+        }
+        Scenario::Steady => {
+            let o = SteadyOptions {
+                calls: a.calls,
+                ramp: a.ramp,
+                duration: a.duration.unwrap_or(Duration::from_secs(30)),
+                pps: a.pps,
+                rtcp_interval: a.rtcp_interval,
+                send_threads: a.send_threads,
+                recv_threads: a.recv_threads,
+                endpoint_ports: a.endpoint_ports,
+                drain: a.drain,
+                timeout: a.timeout,
+                tries: a.tries,
+                progress,
+                phases: a.phases,
+                direct: a.target == Target::Direct,
+            };
+            (None, Some(steady::run(relay.rtpp(), relay.pid(), &o)?))
+        }
+    };
+    let relay_log_tail = match &relay {
+        Relay::Spawned(p) => Some(p.log_tail(20)),
+        Relay::Connected { .. } => None,
+    };
+    let mut relay = relay;
+    if let Relay::Spawned(p) = &mut relay
+        && !p.alive()
+    {
+        bail!("the relay exited during the run; log:\n{}", p.log_tail(30));
+    }
+    drop(relay);
+    Ok(Report {
+        tool: format!("sluice-bench {}", env!("CARGO_PKG_VERSION")),
+        scenario: format!("{:?}", a.scenario).to_lowercase(),
+        target: match a.target {
+            Target::SluiceRtpp => "sluice-rtpp".into(),
+            Target::Rtpproxy => "rtpproxy".into(),
+            Target::Direct => "direct (no relay)".into(),
+        },
+        date_utc: crate::report::date_utc(),
+        git_commit: crate::report::git_commit(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        machine,
+        relay: info,
+        control,
+        steady,
+        relay_log_tail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_ranges() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert_eq!(parse_range("20000-31999"), Ok((20000, 31999)));
+        assert!(parse_range("31999-20000").is_err());
+        assert!(parse_range("80-90").is_err());
+    }
+}
