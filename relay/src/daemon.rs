@@ -69,6 +69,7 @@ impl Daemon {
     /// Binds all listeners and starts serving. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Daemon, DaemonError> {
         let started = Instant::now();
+        raise_fd_limit(config);
         let metrics = Metrics::new()?;
         let metrics_listener = bind("metrics", config.metrics.listen).await?;
         let grpc_listener = bind("gRPC", config.grpc.listen).await?;
@@ -215,6 +216,51 @@ impl Daemon {
             let _ = tokio::task::spawn_blocking(move || core.join()).await;
         }
         served
+    }
+}
+
+/// Every media port is a socket: raise the soft open-file limit to the hard limit (the usual
+/// soft default of 1024 caps a relay at ~250 calls) and warn when even that is too small.
+fn raise_fd_limit(config: &Config) {
+    let media = &config.media;
+    let ports: u64 = media
+        .interfaces
+        .iter()
+        .map(|i| {
+            let (min, max) = (
+                i.port_min.unwrap_or(media.port_min),
+                i.port_max.unwrap_or(media.port_max),
+            );
+            u64::from(max.saturating_sub(min)) + 1
+        })
+        .sum();
+    let wanted = ports + 1024;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    if limit.rlim_cur < wanted {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            wanted,
+            "open-file limit is below the media port count: calls will fail with E71/E72 \
+             before the port range is used up (raise LimitNOFILE / ulimit -n)"
+        );
     }
 }
 

@@ -533,8 +533,11 @@ impl Table {
         let session = self.sessions.get_mut(call_id).ok_or(CoreError::NotFound)?;
         let matches = |s: &Stream| {
             let has = |tag: &str| s.legs.iter().any(|l| l.tag.as_deref() == Some(tag));
+            // A call rejected before the answer is deleted with the to-tag of the rejecting
+            // response, which no leg has learned yet: an untagged leg matches any to-tag.
+            let untagged = s.legs.iter().any(|l| l.tag.is_none());
             from_tag.is_none_or(has)
-                && to_tag.is_none_or(has)
+                && to_tag.is_none_or(|t| has(t) || untagged)
                 && media_index.is_none_or(|i| i == s.media_index)
         };
         let before = session.streams.len();
@@ -1135,6 +1138,32 @@ mod tests {
             f.update_at(offer("c2", "f", "10.0.0.1:4000"), later)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn delete_of_an_unanswered_call_with_the_rejecting_to_tag() {
+        // INVITE offered, then 486 Busy: Kamailio deletes with the 486's to-tag.
+        let mut f = Fixture::new(config());
+        f.update(offer("c1", "f", "10.0.0.1:4000")).unwrap();
+        f.table
+            .delete::<u16>(
+                "c1",
+                Some("f"),
+                Some("busy-tag"),
+                None,
+                f.t0,
+                &mut f.actions,
+            )
+            .unwrap();
+        assert_eq!(f.table.session_count(), 0);
+        // Once both tags are known, a foreign to-tag does not match.
+        f.update(offer("c2", "f", "10.0.0.1:4000")).unwrap();
+        f.update(answer("c2", "t", "f", "10.0.0.2:5000")).unwrap();
+        assert!(matches!(
+            f.table
+                .delete::<u16>("c2", Some("f"), Some("other"), None, f.t0, &mut f.actions),
+            Err(CoreError::NotFound)
+        ));
     }
 
     #[test]

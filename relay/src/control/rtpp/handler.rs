@@ -194,7 +194,15 @@ impl Handler {
                 addr: None,
             },
             Err(e) => {
-                tracing::info!(error = %e, "rtpproxy update failed");
+                // Resource trouble is the operator's business; a bad request is the client's.
+                match e {
+                    CoreError::PortsExhausted { .. }
+                    | CoreError::Socket { .. }
+                    | CoreError::SessionLimit(_) => {
+                        tracing::warn!(error = %e, "rtpproxy offer/answer failed")
+                    }
+                    _ => tracing::debug!(error = %e, "rtpproxy offer/answer refused"),
+                }
                 Reply::Error(error_code(&e, creating))
             }
         }
