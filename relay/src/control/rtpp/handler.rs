@@ -137,10 +137,9 @@ impl Handler {
         if cmd.notify.is_some() && self.notify_socket.is_none() {
             return Reply::Error(ErrorCode::NotifyDisabled);
         }
-        let interface = match interface_selection(&cmd) {
-            Ok(sel) => sel,
-            Err(code) => return Reply::Error(code),
-        };
+        // rtpproxy answers E11/E12 when bridging is asked of a relay without both sides.
+        let bridge_error = cmd.modifiers.bridge_error();
+        let interface = interface_selection(&cmd);
         // `U` carries the SDP of the from-tag's endpoint; `L` that of the to-tag's endpoint
         // (Kamailio swaps the tags when the offer is in a reply or the answer in a request, so
         // this holds in every direction).
@@ -203,7 +202,10 @@ impl Handler {
                     }
                     _ => tracing::debug!(error = %e, "rtpproxy offer/answer refused"),
                 }
-                Reply::Error(error_code(&e, creating))
+                Reply::Error(match (&e, bridge_error) {
+                    (CoreError::NoInterface(_), Some(code)) => code,
+                    _ => error_code(&e, creating),
+                })
             }
         }
     }
@@ -372,25 +374,25 @@ impl QueryTotals {
     }
 }
 
-fn interface_selection(cmd: &UpdateCommand) -> Result<InterfaceSel, ErrorCode> {
+fn interface_selection(cmd: &UpdateCommand) -> InterfaceSel {
     // The allocated leg faces the *other* endpoint: rtpproxy gives the second bridge letter to
     // that side (the first one when only one is sent).
     if let Some(side) = cmd.modifiers.bridge.get(1).or(cmd.modifiers.bridge.first()) {
-        return Ok(InterfaceSel::Named(
+        return InterfaceSel::Named(
             match side {
                 Side::Internal => INTERNAL_INTERFACE,
                 Side::External => EXTERNAL_INTERFACE,
             }
             .to_owned(),
-        ));
+        );
     }
-    Ok(match &cmd.modifiers.local {
+    match &cmd.modifiers.local {
         Some(LocalAddr::Addr(ip)) => InterfaceSel::Address(*ip),
         Some(LocalAddr::Label(label)) => InterfaceSel::Named(label.clone()),
         // The routed choice needs a route lookup; the family is what matters for a relay with
         // one interface per family.
         Some(LocalAddr::RouteTo(_)) | None => InterfaceSel::Auto,
-    })
+    }
 }
 
 fn error_code(e: &CoreError, creating: bool) -> ErrorCode {
