@@ -13,7 +13,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("libzstd-dev", "LLVM 22's static link needs zstd"),
     ("iproute2", "`ip netns` / veth topologies in the XDP tests"),
     ("ethtool", "veth offload settings in the XDP tests"),
-    ("kamailio", "interop test: SIP proxy with the stock rtpproxy module"),
+    (
+        "kamailio",
+        "interop test: SIP proxy with the stock rtpproxy module",
+    ),
     ("sip-tester", "interop test: sipp, the SIP call generator"),
 ];
 
