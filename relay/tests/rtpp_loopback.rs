@@ -383,3 +383,29 @@ fn sources_outside_the_acl_get_no_answer() {
         .unwrap();
     assert_eq!(relay.raw("c1 V"), None);
 }
+
+#[test]
+fn unix_datagram_listener_echoes_the_cookie() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("sluice-dgram-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = dir.join("rtpp.dgram");
+    let _relay = Relay::start(
+        41900,
+        41909,
+        &format!(
+            "[rtpproxy]\nlisten = [\"udp:127.0.0.1:0\", \"unix-dgram:{}\"]\n",
+            server.display()
+        ),
+    );
+    let client = UnixDatagram::bind(dir.join("client")).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    client.send_to(b"k1 V", &server).unwrap();
+    let mut buf = [0u8; 64];
+    let n = client.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"k1 20040107\n");
+    drop(_relay);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
