@@ -1,38 +1,13 @@
 //! sluice.v1 gRPC front end (tonic), with the standard grpc.health.v1 service and server
 //! reflection so off-the-shelf clients (grpcurl, grpc_health_probe) work without the .proto.
 
-use std::time::Instant;
+mod service;
 
-use sluice_proto::v1::relay_server::{Relay, RelayServer};
-use sluice_proto::v1::{FILE_DESCRIPTOR_SET, GetInfoRequest, GetInfoResponse};
+pub use service::RelayService;
+use sluice_proto::v1::FILE_DESCRIPTOR_SET;
+use sluice_proto::v1::relay_server::RelayServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{Request, Response, Status};
-
-use crate::metrics::VERSION;
-
-pub struct RelayService {
-    started: Instant,
-}
-
-impl RelayService {
-    pub fn new(started: Instant) -> RelayService {
-        RelayService { started }
-    }
-}
-
-#[tonic::async_trait]
-impl Relay for RelayService {
-    async fn get_info(
-        &self,
-        _request: Request<GetInfoRequest>,
-    ) -> Result<Response<GetInfoResponse>, Status> {
-        Ok(Response::new(GetInfoResponse {
-            version: VERSION.to_owned(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-        }))
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GrpcError {
