@@ -102,6 +102,22 @@ pub struct RtpproxyConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct GrpcConfig {
     pub listen: SocketAddr,
+    /// PEM server certificate chain; with `tls_key`, the listener speaks TLS only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: clients must present a certificate it signed (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Static bearer token required on sluice.v1 calls (`authorization: Bearer TOKEN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// File holding the token (first line), instead of `token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// sluice.v1 requests per second per client address; 0 = unlimited.
+    pub requests_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -247,6 +263,12 @@ impl Default for GrpcConfig {
     fn default() -> Self {
         GrpcConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            token: None,
+            token_file: None,
+            requests_per_second: 0,
         }
     }
 }
@@ -370,6 +392,35 @@ impl Config {
             return Err((
                 "rtpproxy.notify_socket".into(),
                 "expected `unix:/path` or `tcp:HOST:PORT`".into(),
+            ));
+        }
+        let grpc = &self.grpc;
+        if grpc.tls_cert.is_some() != grpc.tls_key.is_some() {
+            return Err((
+                "grpc.tls_cert".into(),
+                "tls_cert and tls_key go together".into(),
+            ));
+        }
+        if grpc.tls_client_ca.is_some() && grpc.tls_cert.is_none() {
+            return Err((
+                "grpc.tls_client_ca".into(),
+                "client certificates need TLS: set tls_cert and tls_key".into(),
+            ));
+        }
+        if grpc.token.is_some() && grpc.token_file.is_some() {
+            return Err((
+                "grpc.token_file".into(),
+                "set token or token_file, not both".into(),
+            ));
+        }
+        if grpc
+            .token
+            .as_ref()
+            .is_some_and(|t| t.is_empty() || t.contains(char::is_whitespace))
+        {
+            return Err((
+                "grpc.token".into(),
+                "must be non-empty, without spaces".into(),
             ));
         }
         if self.media.interfaces.is_empty() {

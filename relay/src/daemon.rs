@@ -73,6 +73,7 @@ impl Daemon {
         let metrics = Metrics::new()?;
         let metrics_listener = bind("metrics", config.metrics.listen).await?;
         let grpc_listener = bind("gRPC", config.grpc.listen).await?;
+        let grpc_security = grpc::Security::from_config(&config.grpc)?;
         let metrics_addr = local_addr("metrics", &metrics_listener, config.metrics.listen)?;
         let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc.listen)?;
         let mut rtpp_listeners = Vec::new();
@@ -139,10 +140,16 @@ impl Daemon {
                 .map_err(DaemonError::MetricsServe)
         });
         let grpc_stop = until_stopped();
+        let grpc_service = RelayService::new(handle.clone(), started, latch, stop.subscribe());
         tasks.spawn(async move {
-            grpc::serve(grpc_listener, RelayService::new(started), grpc_stop)
-                .await
-                .map_err(DaemonError::from)
+            grpc::serve(
+                grpc_listener,
+                grpc_service,
+                grpc_security,
+                grpc_stop,
+            )
+            .await
+            .map_err(DaemonError::from)
         });
         tracing::info!(
             metrics = %format!("http://{metrics_addr}/metrics"),

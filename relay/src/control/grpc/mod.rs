@@ -1,12 +1,21 @@
 //! sluice.v1 gRPC front end (tonic), with the standard grpc.health.v1 service and server
 //! reflection so off-the-shelf clients (grpcurl, grpc_health_probe) work without the .proto.
 
+mod convert;
+mod gate;
 mod service;
+
+use std::path::PathBuf;
+
+pub use gate::Gate;
 
 pub use service::RelayService;
 use sluice_proto::v1::FILE_DESCRIPTOR_SET;
 use sluice_proto::v1::relay_server::RelayServer;
 use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+use crate::config::GrpcConfig;
 use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -15,12 +24,75 @@ pub enum GrpcError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot read {what} {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is empty")]
+    EmptyToken(PathBuf),
+}
+
+/// How the listener is protected: TLS (with optional client certificates) and the gate.
+pub struct Security {
+    tls: Option<ServerTlsConfig>,
+    gate: Gate,
+}
+
+impl Security {
+    /// Reads the certificate, key, CA and token files the config names.
+    pub fn from_config(config: &GrpcConfig) -> Result<Security, GrpcError> {
+        let read = |what: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|source| GrpcError::Read {
+                what,
+                path: path.clone(),
+                source,
+            })
+        };
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(
+                    read("TLS certificate", cert)?,
+                    read("TLS key", key)?,
+                ));
+                if let Some(ca) = &config.tls_client_ca {
+                    tls = tls.client_ca_root(Certificate::from_pem(read("client CA", ca)?));
+                }
+                Some(tls)
+            }
+            _ => None,
+        };
+        let token = match (&config.token, &config.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => {
+                let text = String::from_utf8_lossy(&read("token file", path)?).into_owned();
+                let token = text.lines().next().unwrap_or("").trim().to_owned();
+                if token.is_empty() {
+                    return Err(GrpcError::EmptyToken(path.clone()));
+                }
+                Some(token)
+            }
+            (None, None) => None,
+        };
+        if !config.listen.ip().is_loopback() && tls.is_none() && token.is_none() {
+            tracing::warn!(
+                listen = %config.listen,
+                "gRPC control plane reachable beyond loopback without TLS or token"
+            );
+        }
+        Ok(Security {
+            tls,
+            gate: Gate::new(token, config.requests_per_second),
+        })
+    }
 }
 
 /// Serves sluice.v1, health and reflection on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     service: RelayService,
+    security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GrpcError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -31,10 +103,22 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // Probes see NOT_SERVING as soon as shutdown starts, while in-flight calls finish.
+    let reporter = health_reporter.clone();
+    let shutdown = async move {
+        shutdown.await;
+        reporter
+            .set_not_serving::<RelayServer<RelayService>>()
+            .await;
+    };
+    builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(RelayServer::new(service))
+        .add_service(RelayServer::with_interceptor(service, security.gate))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await?;
     Ok(())
