@@ -93,6 +93,7 @@ pub struct RelayProcess {
     child: Option<Child>,
     dir: PathBuf,
     pub rtpp: SocketAddr,
+    pub grpc: SocketAddr,
     pub metrics: SocketAddr,
     pub config: String,
 }
@@ -138,6 +139,7 @@ impl RelayProcess {
             child: Some(child),
             dir,
             rtpp: SocketAddr::from(([127, 0, 0, 1], rtpp)),
+            grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
             metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
             config,
         };
@@ -222,6 +224,14 @@ impl Relay {
         match self {
             Relay::Spawned(p) => p.rtpp,
             Relay::Connected { rtpp, .. } => *rtpp,
+        }
+    }
+
+    /// The gRPC listener of a relay the harness started.
+    pub fn grpc(&self) -> Option<SocketAddr> {
+        match self {
+            Relay::Spawned(p) => Some(p.grpc),
+            Relay::Connected { .. } => None,
         }
     }
 

@@ -9,12 +9,15 @@ use clap::{Args, ValueEnum};
 use crate::relay::{self, Relay, RelayProcess, SpawnOptions};
 use crate::report::{Machine, RelayInfo, Report};
 use crate::scenario::control::{self, ControlOptions};
+use crate::scenario::control_grpc;
 use crate::scenario::steady::{self, SteadyOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
     /// Sluice through its rtpproxy-protocol front end (started by the harness unless --connect).
     SluiceRtpp,
+    /// Sluice through its gRPC front end (sluice.v1; started by the harness; control only).
+    SluiceGrpc,
     /// Any other relay speaking the rtpproxy protocol (e.g. sippy/rtpproxy); needs --connect.
     Rtpproxy,
     /// No relay: steady's endpoints send straight to each other (the generator's own floor).
@@ -172,12 +175,13 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 pid: None,
             }
         }
+        (Some(_), Target::SluiceGrpc) => bail!("--target sluice-grpc starts its own relay"),
         (Some(spec), _) => Relay::Connected {
             rtpp: relay::parse_connect(spec)?,
             pid: a.relay_pid,
         },
         (None, Target::Rtpproxy) => bail!("--target rtpproxy needs --connect udp:127.0.0.1:PORT"),
-        (None, Target::SluiceRtpp) => {
+        (None, Target::SluiceRtpp | Target::SluiceGrpc) => {
             let bin = match &a.relay_bin {
                 Some(b) => b.clone(),
                 None => relay::default_relay_bin().context(
@@ -247,7 +251,11 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 tries: a.tries,
                 progress,
             };
-            (Some(control::run(relay.rtpp(), relay.pid(), &o)?), None)
+            let result = match (a.target, relay.grpc()) {
+                (Target::SluiceGrpc, Some(grpc)) => control_grpc::run(grpc, relay.pid(), &o)?,
+                _ => control::run(relay.rtpp(), relay.pid(), &o)?,
+            };
+            (Some(result), None)
         }
         Scenario::Steady => {
             let o = SteadyOptions {
@@ -285,6 +293,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         scenario: format!("{:?}", a.scenario).to_lowercase(),
         target: match a.target {
             Target::SluiceRtpp => "sluice-rtpp".into(),
+            Target::SluiceGrpc => "sluice-grpc".into(),
             Target::Rtpproxy => "rtpproxy".into(),
             Target::Direct => "direct (no relay)".into(),
         },

@@ -142,14 +142,9 @@ impl Daemon {
         let grpc_stop = until_stopped();
         let grpc_service = RelayService::new(handle.clone(), started, latch, stop.subscribe());
         tasks.spawn(async move {
-            grpc::serve(
-                grpc_listener,
-                grpc_service,
-                grpc_security,
-                grpc_stop,
-            )
-            .await
-            .map_err(DaemonError::from)
+            grpc::serve(grpc_listener, grpc_service, grpc_security, grpc_stop)
+                .await
+                .map_err(DaemonError::from)
         });
         tracing::info!(
             metrics = %format!("http://{metrics_addr}/metrics"),

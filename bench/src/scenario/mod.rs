@@ -1,6 +1,7 @@
 //! Load scenarios.
 
 pub mod control;
+pub mod control_grpc;
 pub mod steady;
 
 /// Prints progress lines to stderr at most once per `every_ns` (no-op when disabled).

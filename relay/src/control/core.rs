@@ -11,7 +11,8 @@ use crate::datapath::user::{Datapath, DatapathTotals, SocketOpener, WorkerEvent}
 use crate::ports::PoolUsage;
 use crate::session::table::TableCounters;
 use crate::session::{
-    Action, CoreError, SessionEvent, SessionInfo, Table, TableConfig, UpdateReply, UpdateRequest,
+    Action, CoreError, SessionEvent, SessionFilter, SessionInfo, Table, TableConfig, UpdateReply,
+    UpdateRequest,
 };
 
 /// Global numbers for `G`/`I` replies, gRPC `GetStats` and metrics.
@@ -26,7 +27,7 @@ pub struct CoreStats {
 
 enum Request {
     Update(
-        UpdateRequest,
+        Box<UpdateRequest>,
         oneshot::Sender<Result<UpdateReply, CoreError>>,
     ),
     Delete {
@@ -38,6 +39,11 @@ enum Request {
     },
     Get(String, oneshot::Sender<Option<SessionInfo>>),
     List(oneshot::Sender<Vec<SessionInfo>>),
+    ListPage {
+        filter: SessionFilter,
+        limit: usize,
+        reply: oneshot::Sender<(Vec<SessionInfo>, bool)>,
+    },
     DeleteAll(oneshot::Sender<usize>),
     Stats(oneshot::Sender<CoreStats>),
     /// Stop even while front ends still hold handles (a client connection lingering during
@@ -53,7 +59,7 @@ pub struct CoreHandle {
 
 impl CoreHandle {
     pub async fn update(&self, req: UpdateRequest) -> Result<UpdateReply, CoreError> {
-        self.call(|tx| Request::Update(req, tx)).await?
+        self.call(|tx| Request::Update(Box::new(req), tx)).await?
     }
 
     pub async fn delete(
@@ -79,6 +85,20 @@ impl CoreHandle {
 
     pub async fn list(&self) -> Result<Vec<SessionInfo>, CoreError> {
         self.call(Request::List).await
+    }
+
+    /// Up to `limit` sessions matching `filter` in call-id order, and whether more follow.
+    pub async fn list_page(
+        &self,
+        filter: SessionFilter,
+        limit: usize,
+    ) -> Result<(Vec<SessionInfo>, bool), CoreError> {
+        self.call(|reply| Request::ListPage {
+            filter,
+            limit,
+            reply,
+        })
+        .await
     }
 
     pub async fn delete_all(&self) -> Result<usize, CoreError> {
@@ -204,7 +224,7 @@ impl CoreLoop {
             Request::Update(update, reply) => {
                 let result = self
                     .table
-                    .update(update, now, &mut self.opener, &mut self.actions);
+                    .update(*update, now, &mut self.opener, &mut self.actions);
                 // Workers get their sockets before the requester learns the ports, so media
                 // sent in response to the reply always finds them.
                 self.flush();
@@ -232,6 +252,13 @@ impl CoreLoop {
             }
             Request::List(reply) => {
                 let _ = reply.send(self.table.list(now));
+            }
+            Request::ListPage {
+                filter,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.table.list_page(&filter, limit, now));
             }
             Request::DeleteAll(reply) => {
                 let n = self.table.delete_all(now, &mut self.actions);

@@ -7,6 +7,6 @@ pub mod timer;
 
 pub use table::{
     Action, CoreError, EndReason, InterfaceSel, LegInfo, LegOpener, LegOptions, LegUpdate, Notify,
-    SessionEvent, SessionInfo, StreamId, Table, TableConfig, UpdateKind, UpdateReply,
-    UpdateRequest,
+    SessionEvent, SessionFilter, SessionInfo, SessionOptions, SessionState, StreamId, Table,
+    TableConfig, UpdateKind, UpdateReply, UpdateRequest,
 };

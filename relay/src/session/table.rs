@@ -11,7 +11,7 @@
 //! address) allocates the callee-facing leg, and an answer (callee's tag first, as the SIP
 //! proxies send it) allocates the caller-facing one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -26,6 +26,9 @@ pub type StreamId = u64;
 
 /// Attempts to find a bindable pair when ports of the range are taken by other programs.
 const BIND_ATTEMPTS: usize = 16;
+
+/// Longest per-session setup or media timeout an update may ask for (one week).
+pub const MAX_SESSION_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Binds the sockets of a port pair. The datapath implements it with real UDP sockets; tests
 /// use a fake. `AddrInUse` makes the table try another pair.
@@ -69,9 +72,11 @@ pub enum InterfaceSel {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LegOptions {
-    /// None = the configured policy.
+    /// None = the session's (as an earlier update of the call set it), else the configured
+    /// policy.
     pub latch: Option<LatchPolicy>,
-    /// DSCP for packets sent to this leg's endpoint; None = configured.
+    /// DSCP of the packets sent from the port pair this update opens; None = the session's,
+    /// else the configured one.
     pub dscp: Option<u8>,
 }
 
@@ -80,6 +85,48 @@ pub struct LegOptions {
 pub struct Notify {
     pub socket: String,
     pub tag: String,
+}
+
+/// Per-session settings an update may carry (gRPC `Offer`/`Answer` options; the rtpproxy
+/// protocol has none of these and sends the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Merged into the session's labels: a key given again replaces its value, keys not given
+    /// keep theirs. Labels only describe the session (listing filters); the relay ignores them.
+    pub labels: BTreeMap<String, String>,
+    /// Replaces the configured setup timeout for this session.
+    pub setup_timeout: Option<Duration>,
+    /// Replaces the configured media timeout for this session.
+    pub media_timeout: Option<Duration>,
+}
+
+/// Where a session is in the offer/answer exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionState {
+    /// Offered, not every leg has its ports yet (the setup timeout applies).
+    Offered,
+    /// Both legs of a stream have ports (the media timeout applies).
+    Answered,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Offered => "offered",
+            SessionState::Answered => "answered",
+        }
+    }
+}
+
+/// Which sessions [`Table::list_page`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only sessions in this state; None = any.
+    pub state: Option<SessionState>,
+    /// Only sessions carrying every one of these labels with exactly these values.
+    pub labels: BTreeMap<String, String>,
+    /// Only call-ids ordered after this one (byte order): the paging cursor.
+    pub after: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +156,8 @@ pub struct UpdateRequest {
     pub interface: InterfaceSel,
     pub options: LegOptions,
     pub notify: Option<Notify>,
+    /// Labels and timeout overrides for the whole session.
+    pub session: SessionOptions,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,6 +294,20 @@ pub struct SessionInfo {
     /// Time left before the media (or setup) timeout ends the session if nothing arrives.
     pub ttl: Duration,
     pub streams: Vec<StreamInfo>,
+    pub labels: BTreeMap<String, String>,
+    /// The setup and media timeouts in force for this session (configured or overridden).
+    pub setup_timeout: Duration,
+    pub media_timeout: Duration,
+}
+
+impl SessionInfo {
+    pub fn state(&self) -> SessionState {
+        if self.answered {
+            SessionState::Answered
+        } else {
+            SessionState::Offered
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -295,6 +358,45 @@ struct Session {
     answered_at: Option<Instant>,
     streams: Vec<Stream>,
     notify: Option<Notify>,
+    labels: BTreeMap<String, String>,
+    setup_timeout: Duration,
+    media_timeout: Duration,
+    /// Latch policy and DSCP last asked for explicitly; later requests without them keep them.
+    latch: Option<LatchPolicy>,
+    dscp: Option<u8>,
+}
+
+impl Session {
+    fn last_activity(&self) -> Instant {
+        let last_ns = self
+            .streams
+            .iter()
+            .map(|s| s.shared.last_rx_ns())
+            .max()
+            .unwrap_or(0);
+        let start = self.answered_at.unwrap_or(self.created);
+        if last_ns == 0 {
+            start
+        } else {
+            crate::clock::from_ns(last_ns).max(start)
+        }
+    }
+
+    fn state(&self) -> SessionState {
+        if self.answered_at.is_some() {
+            SessionState::Answered
+        } else {
+            SessionState::Offered
+        }
+    }
+
+    fn matches(&self, filter: &SessionFilter) -> bool {
+        filter.state.is_none_or(|s| s == self.state())
+            && filter
+                .labels
+                .iter()
+                .all(|(k, v)| self.labels.get(k) == Some(v))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -384,6 +486,17 @@ impl Table {
         if req.remote.is_some_and(|r| r.port() == 0) {
             return Err(CoreError::Invalid("remote port 0".into()));
         }
+        for (name, timeout) in [
+            ("setup", req.session.setup_timeout),
+            ("media", req.session.media_timeout),
+        ] {
+            if timeout.is_some_and(|t| t.is_zero() || t > MAX_SESSION_TIMEOUT) {
+                return Err(CoreError::Invalid(format!(
+                    "{name} timeout must be above zero and at most {} s",
+                    MAX_SESSION_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let new_session = !self.sessions.contains_key(&req.call_id);
         if new_session {
             if req.kind == UpdateKind::Answer {
@@ -404,8 +517,19 @@ impl Table {
             None => (None, 0),
         };
         let other = 1 - facing;
-        let policy = req.options.latch.unwrap_or(self.config.latch);
-        let dscp = req.options.dscp.unwrap_or(self.config.dscp);
+        // Leg options a request leaves out are the session's (set by an earlier request), else
+        // the configured ones.
+        let existing = self.sessions.get(&req.call_id);
+        let policy = req
+            .options
+            .latch
+            .or(existing.and_then(|s| s.latch))
+            .unwrap_or(self.config.latch);
+        let dscp = req
+            .options
+            .dscp
+            .or(existing.and_then(|s| s.dscp))
+            .unwrap_or(self.config.dscp);
 
         // Allocate the opposite leg's pair first: if that fails nothing has changed.
         let needs_local = match stream_pos {
@@ -429,6 +553,15 @@ impl Table {
             .sessions
             .get_mut(&req.call_id)
             .ok_or(CoreError::NotFound)?;
+        if !new_session {
+            apply_session_options(&req.call_id, session, &req.session, now, &mut self.timers);
+        }
+        if req.options.latch.is_some() {
+            session.latch = req.options.latch;
+        }
+        if req.options.dscp.is_some() {
+            session.dscp = req.options.dscp;
+        }
         if req.notify.is_some() {
             session.notify.clone_from(&req.notify);
         }
@@ -512,7 +645,7 @@ impl Table {
                 call_id: req.call_id.clone(),
             }));
             self.timers.insert(
-                now + self.config.media_timeout,
+                now + session.media_timeout,
                 (req.call_id.clone(), generation, TimerKind::Media),
             );
         }
@@ -623,14 +756,19 @@ impl Table {
                 continue;
             }
             match kind {
-                TimerKind::Setup if session.answered_at.is_none() => {
+                // A timer of a setup timeout since lengthened is not due yet (the update that
+                // lengthened it scheduled another).
+                TimerKind::Setup
+                    if session.answered_at.is_none()
+                        && now >= session.created + session.setup_timeout =>
+                {
                     self.end_session(&call_id, EndReason::SetupTimeout, now, actions);
                 }
                 TimerKind::Setup => {}
                 TimerKind::Ttl => self.end_session(&call_id, EndReason::Ttl, now, actions),
                 TimerKind::Media => {
-                    let idle_since = self.last_activity(session);
-                    let deadline = idle_since + self.config.media_timeout;
+                    let idle_since = session.last_activity();
+                    let deadline = idle_since + session.media_timeout;
                     if now >= deadline {
                         self.end_session(&call_id, EndReason::MediaTimeout, now, actions);
                     } else {
@@ -656,16 +794,50 @@ impl Table {
             .collect()
     }
 
+    /// Up to `limit` sessions matching `filter`, ordered by call-id (byte order), and whether
+    /// more match after them. Only the returned sessions are snapshotted.
+    pub fn list_page(
+        &self,
+        filter: &SessionFilter,
+        limit: usize,
+        now: Instant,
+    ) -> (Vec<SessionInfo>, bool) {
+        let mut ids: Vec<&String> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                filter.after.as_ref().is_none_or(|after| *id > after) && s.matches(filter)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        let more = ids.len() > limit;
+        if more {
+            // Only the first `limit` in order are needed: partition, then sort those.
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
+        let page = ids
+            .into_iter()
+            .filter_map(|id| self.sessions.get(id).map(|s| self.info(id, s, now)))
+            .collect();
+        (page, more)
+    }
+
     fn info(&self, call_id: &str, session: &Session, now: Instant) -> SessionInfo {
         let ttl = match session.answered_at {
-            Some(_) => (self.last_activity(session) + self.config.media_timeout)
-                .saturating_duration_since(now),
-            None => (session.created + self.config.setup_timeout).saturating_duration_since(now),
+            Some(_) => {
+                (session.last_activity() + session.media_timeout).saturating_duration_since(now)
+            }
+            None => (session.created + session.setup_timeout).saturating_duration_since(now),
         };
         SessionInfo {
             call_id: call_id.to_owned(),
             age: now.saturating_duration_since(session.created),
             answered: session.answered_at.is_some(),
+            labels: session.labels.clone(),
+            setup_timeout: session.setup_timeout,
+            media_timeout: session.media_timeout,
             ttl,
             streams: session
                 .streams
@@ -696,21 +868,6 @@ impl Table {
         }
     }
 
-    fn last_activity(&self, session: &Session) -> Instant {
-        let last_ns = session
-            .streams
-            .iter()
-            .map(|s| s.shared.last_rx_ns())
-            .max()
-            .unwrap_or(0);
-        let start = session.answered_at.unwrap_or(session.created);
-        if last_ns == 0 {
-            start
-        } else {
-            crate::clock::from_ns(last_ns).max(start)
-        }
-    }
-
     fn create_session<S>(
         &mut self,
         req: &UpdateRequest,
@@ -719,6 +876,10 @@ impl Table {
     ) {
         let generation = self.next_generation;
         self.next_generation += 1;
+        let setup_timeout = req
+            .session
+            .setup_timeout
+            .unwrap_or(self.config.setup_timeout);
         self.sessions.insert(
             req.call_id.clone(),
             Session {
@@ -727,11 +888,19 @@ impl Table {
                 answered_at: None,
                 streams: Vec::new(),
                 notify: req.notify.clone(),
+                labels: req.session.labels.clone(),
+                latch: None,
+                dscp: None,
+                setup_timeout,
+                media_timeout: req
+                    .session
+                    .media_timeout
+                    .unwrap_or(self.config.media_timeout),
             },
         );
         self.counters.sessions_created += 1;
         self.timers.insert(
-            now + self.config.setup_timeout,
+            now + setup_timeout,
             (req.call_id.clone(), generation, TimerKind::Setup),
         );
         if let Some(ttl) = self.config.session_ttl {
@@ -852,6 +1021,42 @@ impl Interface {
     }
 }
 
+/// An update to an existing session: merges its labels and applies changed timeouts, scheduling
+/// a check at the new deadline (the timer at the old one re-checks and lets it pass).
+fn apply_session_options(
+    call_id: &str,
+    session: &mut Session,
+    options: &SessionOptions,
+    now: Instant,
+    timers: &mut TimerWheel<(String, u64, TimerKind)>,
+) {
+    for (k, v) in &options.labels {
+        session.labels.insert(k.clone(), v.clone());
+    }
+    if let Some(t) = options.setup_timeout
+        && t != session.setup_timeout
+    {
+        session.setup_timeout = t;
+        if session.answered_at.is_none() {
+            timers.insert(
+                (session.created + t).max(now),
+                (call_id.to_owned(), session.generation, TimerKind::Setup),
+            );
+        }
+    }
+    if let Some(t) = options.media_timeout
+        && t != session.media_timeout
+    {
+        session.media_timeout = t;
+        if session.answered_at.is_some() {
+            timers.insert(
+                (session.last_activity() + t).max(now),
+                (call_id.to_owned(), session.generation, TimerKind::Media),
+            );
+        }
+    }
+}
+
 /// The stream an update addresses, and which of its legs faces the sender: the leg carrying the
 /// update's from-tag, or the opposite of the leg carrying its to-tag.
 fn find_stream(session: &Session, req: &UpdateRequest) -> Option<(Option<usize>, usize)> {
@@ -938,6 +1143,7 @@ mod tests {
             interface: InterfaceSel::Auto,
             options: LegOptions::default(),
             notify: None,
+            session: SessionOptions::default(),
         }
     }
 
@@ -1404,5 +1610,208 @@ mod tests {
         assert_eq!(f.table.session_count(), 0);
         assert_eq!(f.table.stream_count(), 0);
         assert_eq!(f.table.counters().sessions_deleted, 3);
+    }
+
+    fn labelled(call: &str, labels: &[(&str, &str)]) -> UpdateRequest {
+        UpdateRequest {
+            session: SessionOptions {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..SessionOptions::default()
+            },
+            ..offer(call, "f", "10.0.0.1:4000")
+        }
+    }
+
+    #[test]
+    fn labels_are_set_at_offer_and_merged_by_later_updates() {
+        let mut f = Fixture::new(config());
+        f.update(labelled("c1", &[("tenant", "a"), ("trunk", "x")]))
+            .unwrap();
+        let info = f.table.get("c1", f.t0).unwrap();
+        assert_eq!(info.labels.len(), 2);
+        assert_eq!(info.labels["tenant"], "a");
+        // The answer (or a re-offer) may add or replace labels; unnamed ones stay.
+        let mut a = answer("c1", "t", "f", "10.0.0.2:5000");
+        a.session.labels = [("trunk".to_owned(), "y".to_owned())].into();
+        f.update(a).unwrap();
+        let info = f.table.get("c1", f.t0).unwrap();
+        assert_eq!(info.labels["tenant"], "a");
+        assert_eq!(info.labels["trunk"], "y");
+        // The rtpproxy front end sends no labels: nothing changes.
+        f.update(offer("c1", "f", "10.0.0.1:4000")).unwrap();
+        assert_eq!(f.table.get("c1", f.t0).unwrap().labels.len(), 2);
+    }
+
+    #[test]
+    fn session_state_follows_the_answer() {
+        let mut f = Fixture::new(config());
+        f.update(offer("c1", "f", "10.0.0.1:4000")).unwrap();
+        assert_eq!(
+            f.table.get("c1", f.t0).unwrap().state(),
+            SessionState::Offered
+        );
+        f.update(answer("c1", "t", "f", "10.0.0.2:5000")).unwrap();
+        assert_eq!(
+            f.table.get("c1", f.t0).unwrap().state(),
+            SessionState::Answered
+        );
+    }
+
+    #[test]
+    fn list_page_filters_orders_and_pages() {
+        let mut f = Fixture::new(config());
+        for (call, tenant) in [("d", "a"), ("b", "a"), ("e", "b"), ("a", "a"), ("c", "a")] {
+            f.update(labelled(call, &[("tenant", tenant)])).unwrap();
+        }
+        f.update(answer("c", "t", "f", "10.0.0.2:5000")).unwrap();
+        let ids = |page: &[SessionInfo]| -> Vec<String> {
+            page.iter().map(|s| s.call_id.clone()).collect()
+        };
+        let mut filter = SessionFilter::default();
+        let (page, more) = f.table.list_page(&filter, 2, f.t0);
+        assert_eq!((ids(&page), more), (vec!["a".into(), "b".into()], true));
+        filter.after = Some("b".into());
+        let (page, more) = f.table.list_page(&filter, 2, f.t0);
+        assert_eq!((ids(&page), more), (vec!["c".into(), "d".into()], true));
+        filter.after = Some("d".into());
+        let (page, more) = f.table.list_page(&filter, 2, f.t0);
+        assert_eq!((ids(&page), more), (vec!["e".into()], false));
+
+        let tenant_a = SessionFilter {
+            labels: [("tenant".to_owned(), "a".to_owned())].into(),
+            ..SessionFilter::default()
+        };
+        let (page, more) = f.table.list_page(&tenant_a, 10, f.t0);
+        assert_eq!(ids(&page), ["a", "b", "c", "d"]);
+        assert!(!more);
+        let answered_a = SessionFilter {
+            state: Some(SessionState::Answered),
+            ..tenant_a.clone()
+        };
+        assert_eq!(ids(&f.table.list_page(&answered_a, 10, f.t0).0), ["c"]);
+        let offered = SessionFilter {
+            state: Some(SessionState::Offered),
+            ..SessionFilter::default()
+        };
+        assert_eq!(
+            ids(&f.table.list_page(&offered, 10, f.t0).0),
+            ["a", "b", "d", "e"]
+        );
+        let nobody = SessionFilter {
+            labels: [("tenant".to_owned(), "z".to_owned())].into(),
+            ..SessionFilter::default()
+        };
+        assert_eq!(f.table.list_page(&nobody, 10, f.t0), (vec![], false));
+        assert!(f.table.list_page(&filter, 0, f.t0).1);
+    }
+
+    #[test]
+    fn per_session_setup_timeout_overrides_the_configured_one() {
+        let mut f = Fixture::new(config()); // 30 s configured
+        let mut short = offer("short", "f", "10.0.0.1:4000");
+        short.session.setup_timeout = Some(Duration::from_secs(5));
+        f.update(short).unwrap();
+        let mut long = offer("long", "f", "10.0.0.1:4000");
+        long.session.setup_timeout = Some(Duration::from_secs(60));
+        f.update(long).unwrap();
+        f.update(offer("default", "f", "10.0.0.1:4000")).unwrap();
+        let info = f.table.get("short", f.t0).unwrap();
+        assert_eq!(info.setup_timeout, Duration::from_secs(5));
+        assert_eq!(info.ttl, Duration::from_secs(5));
+        assert_eq!(info.media_timeout, Duration::from_secs(60));
+        f.table.tick(f.t0 + Duration::from_secs(5), &mut f.actions);
+        assert!(f.table.get("short", f.t0).is_none());
+        f.table.tick(f.t0 + Duration::from_secs(30), &mut f.actions);
+        assert!(f.table.get("default", f.t0).is_none());
+        assert!(f.table.get("long", f.t0).is_some());
+        f.table.tick(f.t0 + Duration::from_secs(60), &mut f.actions);
+        assert_eq!(f.table.session_count(), 0);
+        assert_eq!(f.table.counters().sessions_setup_timeout, 3);
+    }
+
+    #[test]
+    fn a_later_update_can_lengthen_or_shorten_the_timeouts() {
+        let mut f = Fixture::new(config());
+        f.update(offer("c1", "f", "10.0.0.1:4000")).unwrap();
+        // Lengthened: the timer at 30 s lets the session live.
+        let mut longer = offer("c1", "f", "10.0.0.1:4000");
+        longer.session.setup_timeout = Some(Duration::from_secs(40));
+        f.update(longer).unwrap();
+        f.table.tick(f.t0 + Duration::from_secs(30), &mut f.actions);
+        assert_eq!(f.table.session_count(), 1);
+        f.table.tick(f.t0 + Duration::from_secs(40), &mut f.actions);
+        assert_eq!(f.table.session_count(), 0);
+
+        // Media timeout shortened after the answer: 60 s configured, 10 s asked.
+        let mut f = Fixture::new(config());
+        f.update(offer("c2", "f", "10.0.0.1:4000")).unwrap();
+        f.update(answer("c2", "t", "f", "10.0.0.2:5000")).unwrap();
+        let mut shorter = offer("c2", "f", "10.0.0.1:4000");
+        shorter.session.media_timeout = Some(Duration::from_secs(10));
+        f.update(shorter).unwrap();
+        f.table.tick(f.t0 + Duration::from_secs(9), &mut f.actions);
+        assert_eq!(f.table.session_count(), 1);
+        f.actions.clear();
+        f.table.tick(f.t0 + Duration::from_secs(10), &mut f.actions);
+        assert_eq!(f.table.session_count(), 0);
+        assert!(matches!(
+            f.events().as_slice(),
+            [SessionEvent::Ended {
+                reason: EndReason::MediaTimeout,
+                ..
+            }]
+        ));
+    }
+
+    #[test]
+    fn out_of_range_timeouts_are_invalid_and_change_nothing() {
+        let mut f = Fixture::new(config());
+        for bad in [Duration::ZERO, MAX_SESSION_TIMEOUT + Duration::from_secs(1)] {
+            let mut req = offer("c1", "f", "10.0.0.1:4000");
+            req.session.media_timeout = Some(bad);
+            assert!(matches!(f.update(req), Err(CoreError::Invalid(_))));
+        }
+        assert_eq!(f.table.session_count(), 0);
+        assert!(f.opener.opened.is_empty());
+    }
+
+    #[test]
+    fn latch_and_dscp_of_the_offer_stay_for_the_answer() {
+        let mut f = Fixture::new(config()); // DSCP 46, first-packet configured
+        let strict = LatchPolicy {
+            mode: crate::session::latch::LatchMode::Strict,
+            ..LatchPolicy::default()
+        };
+        let mut o = offer("c1", "f", "10.0.0.1:4000");
+        o.options = LegOptions {
+            latch: Some(strict),
+            dscp: Some(10),
+        };
+        f.update(o).unwrap();
+        f.update(answer("c1", "t", "f", "10.0.0.2:5000")).unwrap();
+        assert_eq!(
+            f.opener
+                .opened
+                .iter()
+                .map(|(_, _, d)| *d)
+                .collect::<Vec<_>>(),
+            [10, 10]
+        );
+        let policies: Vec<LatchPolicy> = f
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Leg { update, .. } => Some(update.policy),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(policies.len(), 4);
+        assert!(policies.iter().all(|p| *p == strict), "{policies:?}");
+        // Another call without options gets the configuration.
+        f.update(offer("c2", "f", "10.0.0.1:4000")).unwrap();
+        assert_eq!(f.opener.opened.last().unwrap().2, 46);
     }
 }

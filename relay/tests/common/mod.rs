@@ -25,5 +25,6 @@ pub fn request(
         interface: InterfaceSel::Auto,
         options: LegOptions::default(),
         notify: None,
+        session: Default::default(),
     }
 }

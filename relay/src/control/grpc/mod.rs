@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::GrpcConfig;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::TcpListenerStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,11 +116,19 @@ pub async fn serve(
             .set_not_serving::<RelayServer<RelayService>>()
             .await;
     };
+    // Our own listener, so tonic cannot set TCP_NODELAY: without it small replies wait for
+    // Nagle / delayed ACKs (tens of milliseconds at the tail).
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.and_then(|stream| {
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        })
+    });
     builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(RelayServer::with_interceptor(service, security.gate))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     Ok(())
 }

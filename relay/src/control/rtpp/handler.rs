@@ -11,7 +11,9 @@ use super::proto::{
 use crate::control::core::{CoreHandle, CoreStats};
 use crate::session::latch::{LatchMode, LatchPolicy};
 use crate::session::table::SessionInfo;
-use crate::session::{CoreError, InterfaceSel, LegOptions, Notify, UpdateKind, UpdateRequest};
+use crate::session::{
+    CoreError, InterfaceSel, LegOptions, Notify, SessionOptions, UpdateKind, UpdateRequest,
+};
 
 /// Interface names the `i`/`e` bridging modifiers select.
 pub const INTERNAL_INTERFACE: &str = "internal";
@@ -181,6 +183,7 @@ impl Handler {
                 socket: n.socket,
                 tag: n.tag,
             }),
+            session: SessionOptions::default(),
         };
         match self.core.update(request).await {
             Ok(reply) => Reply::Port {

@@ -1,0 +1,247 @@
+//! Scenario `control` against Sluice's gRPC front end (`--target sluice-grpc`): Offer + Answer +
+//! Delete cycles over one HTTP/2 connection, `concurrency` cycles in flight. Closed loop unless
+//! `rate`; with `rate` cycles start on a fixed schedule and latency is also measured from the
+//! scheduled start (no coordinated omission), like the rtpproxy-protocol variant.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use sluice_proto::v1::relay_client::RelayClient;
+use sluice_proto::v1::{AnswerRequest, DeleteRequest, MediaStream, OfferRequest};
+use tonic::transport::Channel;
+
+use super::control::{ControlLatency, ControlOptions, ControlResult};
+use crate::clock::thread_cpu_ns;
+use crate::meter::{Meter, TimerProbe};
+use crate::rtpp_client::{PipelineStats, random_u32};
+use crate::stats::{LatencySummary, latency_histogram, record};
+
+/// HTTP/2 connections to the relay.
+const CONNECTIONS: usize = 4;
+
+#[derive(Default)]
+struct Histograms {
+    offer: Option<Histogram<u64>>,
+    answer: Option<Histogram<u64>>,
+    delete: Option<Histogram<u64>>,
+    cycle: Option<Histogram<u64>>,
+    sched: Option<Histogram<u64>>,
+    ok: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Histograms {
+    fn new() -> Histograms {
+        Histograms {
+            offer: Some(latency_histogram()),
+            answer: Some(latency_histogram()),
+            delete: Some(latency_histogram()),
+            cycle: Some(latency_histogram()),
+            sched: Some(latency_histogram()),
+            ..Histograms::default()
+        }
+    }
+
+    fn merge(&mut self, other: Histograms) {
+        for (mine, theirs) in [
+            (&mut self.offer, other.offer),
+            (&mut self.answer, other.answer),
+            (&mut self.delete, other.delete),
+            (&mut self.cycle, other.cycle),
+            (&mut self.sched, other.sched),
+        ] {
+            if let (Some(m), Some(t)) = (mine.as_mut(), theirs) {
+                let _ = m.add(t);
+            }
+        }
+        self.ok += other.ok;
+        self.failed += other.failed;
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
+
+    fn summary(h: &Option<Histogram<u64>>) -> LatencySummary {
+        LatencySummary::of(h.as_ref().unwrap_or(&latency_histogram()))
+    }
+}
+
+fn stream(port: u32) -> Vec<MediaStream> {
+    vec![MediaStream {
+        index: 1,
+        address: "127.0.0.1".into(),
+        rtp_port: port,
+        ..Default::default()
+    }]
+}
+
+fn ns(since: Instant) -> u64 {
+    since.elapsed().as_nanos() as u64
+}
+
+/// Runs the scenario against the gRPC listener at `relay`.
+pub fn run(
+    relay: SocketAddr,
+    relay_pid: Option<u32>,
+    o: &ControlOptions,
+) -> io::Result<ControlResult> {
+    if o.duration.is_none() && o.cycles.is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "control: give --duration or --cycles",
+        ));
+    }
+    // One client thread, as for the rtpproxy variant, so client CPU compares.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    // Several HTTP/2 connections, as a SIP proxy with several worker processes would open: one
+    // connection's frames are handled by one server task, which would serialize the load.
+    let mut channels = Vec::new();
+    for _ in 0..CONNECTIONS.min(o.concurrency.max(1)) {
+        let endpoint = Channel::from_shared(format!("http://{relay}")).map_err(io::Error::other)?;
+        let channel = rt
+            .block_on(endpoint.connect())
+            .map_err(|e| io::Error::other(format!("connecting to gRPC {relay}: {e}")))?;
+        channels.push(channel);
+    }
+    let run_id = random_u32();
+    let started = Arc::new(AtomicU64::new(0));
+    let probe = TimerProbe::start();
+    let meter = Meter::start(relay_pid);
+    let cpu0 = thread_cpu_ns();
+    let t0 = Instant::now();
+    let deadline = o.duration.map(|d| t0 + d);
+    let interval = o.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let limit = o.cycles;
+    let total = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..o.concurrency.max(1) {
+            let mut client = RelayClient::new(channels[i % channels.len()].clone());
+            let started = started.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut h = Histograms::new();
+                loop {
+                    let n = started.fetch_add(1, Relaxed);
+                    if limit.is_some_and(|l| n >= l) {
+                        break;
+                    }
+                    let scheduled = match interval {
+                        Some(iv) => {
+                            let at = t0 + iv * u32::try_from(n).unwrap_or(u32::MAX);
+                            tokio::time::sleep_until(at.into()).await;
+                            at
+                        }
+                        None => Instant::now(),
+                    };
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
+                    let (call_id, from, to) = (
+                        format!("g{run_id:08x}-{n}"),
+                        format!("f{n}"),
+                        format!("t{n}"),
+                    );
+                    let start = Instant::now();
+                    let op = Instant::now();
+                    let offer = client
+                        .offer(OfferRequest {
+                            call_id: call_id.clone(),
+                            from_tag: from.clone(),
+                            streams: stream(40000),
+                            ..Default::default()
+                        })
+                        .await;
+                    record(h.offer.as_mut().expect("set"), ns(op));
+                    let mut failed = offer
+                        .as_ref()
+                        .err()
+                        .map(|s| format!("Offer:{:?}", s.code()));
+                    if failed.is_none() {
+                        let op = Instant::now();
+                        let answer = client
+                            .answer(AnswerRequest {
+                                call_id: call_id.clone(),
+                                from_tag: from.clone(),
+                                to_tag: to.clone(),
+                                streams: stream(40002),
+                                ..Default::default()
+                            })
+                            .await;
+                        record(h.answer.as_mut().expect("set"), ns(op));
+                        failed = answer.err().map(|s| format!("Answer:{:?}", s.code()));
+                        let op = Instant::now();
+                        let delete = client
+                            .delete(DeleteRequest {
+                                call_id,
+                                ..Default::default()
+                            })
+                            .await;
+                        record(h.delete.as_mut().expect("set"), ns(op));
+                        if failed.is_none() {
+                            failed = delete.err().map(|s| format!("Delete:{:?}", s.code()));
+                        }
+                    }
+                    match failed {
+                        None => {
+                            h.ok += 1;
+                            record(h.cycle.as_mut().expect("set"), ns(start));
+                            if interval.is_some() {
+                                record(h.sched.as_mut().expect("set"), ns(scheduled));
+                            }
+                        }
+                        Some(e) => {
+                            h.failed += 1;
+                            *h.errors.entry(e).or_default() += 1;
+                        }
+                    }
+                }
+                h
+            }));
+        }
+        let mut total = Histograms::new();
+        for t in tasks {
+            if let Ok(h) = t.await {
+                total.merge(h);
+            }
+        }
+        total
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let client_cpu = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
+    let usage = meter.finish();
+    let timer_probe = probe.finish();
+    let cycles_started = started.load(Relaxed).min(total.ok + total.failed);
+    Ok(ControlResult {
+        cycles_started,
+        cycles_ok: total.ok,
+        cycles_failed: total.failed,
+        elapsed_s: elapsed,
+        cycles_per_s: total.ok as f64 / elapsed,
+        commands_per_s: 3.0 * total.ok as f64 / elapsed,
+        latency: ControlLatency {
+            offer: Histograms::summary(&total.offer),
+            answer: Histograms::summary(&total.answer),
+            delete: Histograms::summary(&total.delete),
+            cycle: Histograms::summary(&total.cycle),
+            cycle_from_schedule: interval.map(|_| Histograms::summary(&total.sched)),
+        },
+        errors: total.errors,
+        retries: 0,
+        client: PipelineStats::default(),
+        client_thread_cpu_percent: 100.0 * client_cpu / elapsed,
+        max_start_delay_us: None,
+        abandoned: 0,
+        usage,
+        timer_probe,
+        slow_cycle_count: 0,
+        slow_cycle_bursts: 0,
+        slow_cycles: Vec::new(),
+    })
+}
