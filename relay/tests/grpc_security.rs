@@ -153,6 +153,39 @@ fn mtls_and_token_reject_unauthenticated_clients() {
             Err(_) => false,
         };
         assert!(!plain_ok, "plain-text gRPC is refused");
+
+        // sluicectl with the same credentials, and without the token.
+        std::fs::write(pki.dir.join("client.crt"), &pki.client_cert).unwrap();
+        std::fs::write(pki.dir.join("client.key"), &pki.client_key).unwrap();
+        let dir = pki.dir.clone();
+        let ctl = move |token: Option<&'static str>| {
+            let dir = dir.clone();
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluicectl"));
+                cmd.args(["--endpoint", &url, "--tls-name", "localhost", "-o", "json"])
+                    .arg("--ca")
+                    .arg(dir.join("ca.crt"))
+                    .arg("--cert")
+                    .arg(dir.join("client.crt"))
+                    .arg("--key")
+                    .arg(dir.join("client.key"))
+                    .env_remove("SLUICE_TOKEN");
+                if let Some(token) = token {
+                    cmd.args(["--token", token]);
+                }
+                cmd.arg("info").output().unwrap()
+            })
+        };
+        let ok = ctl(Some("s3cret-token")).await.unwrap();
+        assert!(ok.status.success(), "{ok:?}");
+        assert!(String::from_utf8_lossy(&ok.stdout).contains(env!("CARGO_PKG_VERSION")));
+        let refused = ctl(None).await.unwrap();
+        assert!(!refused.status.success());
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("Unauthenticated"),
+            "{refused:?}"
+        );
         daemon.shutdown().await.unwrap();
     });
     std::fs::remove_dir_all(&pki.dir).unwrap();

@@ -41,6 +41,21 @@ struct Cli {
     /// Output format: a table for people, JSON for scripts.
     #[arg(long, short, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Bearer token for a relay with `grpc.token` / `grpc.token_file` set.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA certificate (PEM) that signed the relay's TLS certificate; implies TLS.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a relay that requires one (mTLS); with --key.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Name to verify the relay's certificate against (default: the endpoint's host).
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
     /// Seconds to wait for the connection and for each request (not for `watch` events).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
@@ -133,34 +148,85 @@ fn main() -> ExitCode {
     }
 }
 
-/// How to reach the relay. Transport security and credentials are added here.
+/// How to reach the relay: endpoint, transport security, credentials.
 struct ConnectOptions {
     endpoint: String,
     timeout: Duration,
+    token: Option<String>,
+    ca: Option<std::path::PathBuf>,
+    identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    tls_name: Option<String>,
 }
 
 /// An open connection and the clients over it.
 struct Connection {
     channel: Channel,
     timeout: Duration,
+    auth: Auth,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call when a token is given.
+#[derive(Clone)]
+struct Auth(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 impl Connection {
     async fn open(options: &ConnectOptions) -> anyhow::Result<Connection> {
-        let channel = Endpoint::from_shared(options.endpoint.clone())
+        let mut endpoint = Endpoint::from_shared(options.endpoint.clone())
             .with_context(|| format!("invalid endpoint `{}`", options.endpoint))?
-            .connect_timeout(options.timeout)
+            .connect_timeout(options.timeout);
+        if options.ca.is_some() || options.endpoint.starts_with("https://") {
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            if let Some(ca) = &options.ca {
+                let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+                tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+            }
+            if let Some((cert, key)) = &options.identity {
+                let cert =
+                    std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+                let key =
+                    std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
+                tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+            }
+            if let Some(name) = &options.tls_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS configuration")?;
+        }
+        let channel = endpoint
             .connect()
             .await
             .with_context(|| format!("cannot connect to {}", options.endpoint))?;
+        let auth = match &options.token {
+            Some(token) => Auth(Some(
+                format!("Bearer {token}")
+                    .parse()
+                    .map_err(|_| anyhow!("the token must be printable ASCII"))?,
+            )),
+            None => Auth(None),
+        };
         Ok(Connection {
             channel,
             timeout: options.timeout,
+            auth,
         })
     }
 
-    fn relay(&self) -> RelayClient<Channel> {
-        RelayClient::new(self.channel.clone())
+    fn relay(&self) -> RelayClient<tonic::service::interceptor::InterceptedService<Channel, Auth>> {
+        RelayClient::with_interceptor(self.channel.clone(), self.auth.clone())
     }
 
     fn health(&self) -> HealthClient<Channel> {
@@ -191,6 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let conn = Connection::open(&ConnectOptions {
         endpoint: cli.endpoint.clone(),
         timeout: Duration::from_secs(cli.timeout),
+        token: cli.token.clone(),
+        ca: cli.ca.clone(),
+        identity: cli.cert.clone().zip(cli.key.clone()),
+        tls_name: cli.tls_name.clone(),
     })
     .await?;
     let out = cli.output;
