@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::request;
+use common::{recv, request, rtp};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
@@ -77,30 +77,12 @@ impl Endpoint {
     }
 }
 
-fn rtp_packet(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 172];
-    p[0] = 0x80;
-    p[1] = 0; // PCMU
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p
-}
-
-fn recv_from(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    socket
-        .recv_from(&mut buf)
-        .ok()
-        .map(|(n, from)| (buf[..n].to_vec(), from))
-}
-
 fn drain(socket: &UdpSocket) -> usize {
     socket
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut n = 0;
-    while recv_from(socket).is_some() {
+    while recv(socket).is_some() {
         n += 1;
     }
     n
@@ -148,25 +130,25 @@ fn forwards_rtp_and_rtcp_both_ways_with_the_relay_as_source() {
     for seq in 0..50u16 {
         caller
             .rtp
-            .send_to(&rtp_packet(0x1111, seq), to_caller_leg)
+            .send_to(&rtp(0x1111, seq), to_caller_leg)
             .unwrap();
         callee
             .rtp
-            .send_to(&rtp_packet(0x2222, seq), to_callee_leg)
+            .send_to(&rtp(0x2222, seq), to_callee_leg)
             .unwrap();
     }
     for seq in 0..50u16 {
-        let (data, from) = recv_from(&callee.rtp).expect("callee receives");
-        assert_eq!(data, rtp_packet(0x1111, seq), "payload unchanged, in order");
+        let (data, from) = recv(&callee.rtp).expect("callee receives");
+        assert_eq!(data, rtp(0x1111, seq), "payload unchanged, in order");
         assert_eq!(
             from, to_callee_leg,
             "callee sees the relay's offer port as source"
         );
-        let Some((data, from)) = recv_from(&caller.rtp) else {
+        let Some((data, from)) = recv(&caller.rtp) else {
             let info = rt.block_on(handle.get("fwd".into())).unwrap().unwrap();
             panic!("caller did not receive seq {seq}: {info:#?}");
         };
-        assert_eq!(data, rtp_packet(0x2222, seq));
+        assert_eq!(data, rtp(0x2222, seq));
         assert_eq!(from, to_caller_leg);
     }
     // RTCP: to the relay's port + 1, delivered to the endpoint's RTP port + 1.
@@ -174,7 +156,7 @@ fn forwards_rtp_and_rtcp_both_ways_with_the_relay_as_source() {
         .rtcp
         .send_to(b"\x81\xc9\x00\x01rtcp", relay_addr(call.answer.rtcp_port))
         .unwrap();
-    let (data, from) = recv_from(&callee.rtcp).expect("callee RTCP");
+    let (data, from) = recv(&callee.rtcp).expect("callee RTCP");
     assert_eq!(&data, b"\x81\xc9\x00\x01rtcp");
     assert_eq!(from, relay_addr(call.offer.rtcp_port));
 
@@ -183,7 +165,7 @@ fn forwards_rtp_and_rtcp_both_ways_with_the_relay_as_source() {
         0u8, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
     ];
     caller.rtp.send_to(&stun, to_caller_leg).unwrap();
-    assert_eq!(recv_from(&callee.rtp).expect("STUN forwarded").0, stun);
+    assert_eq!(recv(&callee.rtp).expect("STUN forwarded").0, stun);
 
     let info = rt.block_on(handle.get("fwd".into())).unwrap().unwrap();
     let legs = &info.streams[0].legs;
@@ -219,26 +201,20 @@ fn natted_caller_gets_media_after_latching_and_bleed_is_dropped() {
     let callee_leg = relay_addr(call.offer.rtp_port);
 
     // Callee speaks first: it goes to the SDP address (lost), nothing reaches the caller.
-    callee.rtp.send_to(&rtp_packet(2, 0), callee_leg).unwrap();
-    assert!(recv_from(&caller.rtp).is_none());
+    callee.rtp.send_to(&rtp(2, 0), callee_leg).unwrap();
+    assert!(recv(&caller.rtp).is_none());
     // The caller's first packet latches its leg to the real source...
-    caller.rtp.send_to(&rtp_packet(1, 0), caller_leg).unwrap();
-    assert!(recv_from(&callee.rtp).is_some());
+    caller.rtp.send_to(&rtp(1, 0), caller_leg).unwrap();
+    assert!(recv(&callee.rtp).is_some());
     // ...and from then on the callee's media reaches it.
-    callee.rtp.send_to(&rtp_packet(2, 1), callee_leg).unwrap();
-    let (_, from) = recv_from(&caller.rtp).expect("two-way media after latching");
+    callee.rtp.send_to(&rtp(2, 1), callee_leg).unwrap();
+    let (_, from) = recv(&caller.rtp).expect("two-way media after latching");
     assert_eq!(from, caller_leg);
 
     // RTP Bleed: a third party sends to both relay ports; nothing reaches the endpoints.
     for seq in 0..20 {
-        attacker
-            .rtp
-            .send_to(&rtp_packet(66, seq), caller_leg)
-            .unwrap();
-        attacker
-            .rtp
-            .send_to(&rtp_packet(66, seq), callee_leg)
-            .unwrap();
+        attacker.rtp.send_to(&rtp(66, seq), caller_leg).unwrap();
+        attacker.rtp.send_to(&rtp(66, seq), callee_leg).unwrap();
     }
     assert_eq!(drain(&callee.rtp), 0, "no bleed to callee");
     assert_eq!(drain(&caller.rtp), 0, "no bleed to caller");
@@ -261,8 +237,8 @@ fn delete_stops_forwarding_and_closes_ports() {
     let (caller, callee) = (Endpoint::new(), Endpoint::new());
     let call = setup_call(&rt, &handle, "del", caller.addr(), callee.addr());
     let caller_leg = relay_addr(call.answer.rtp_port);
-    caller.rtp.send_to(&rtp_packet(1, 0), caller_leg).unwrap();
-    assert!(recv_from(&callee.rtp).is_some());
+    caller.rtp.send_to(&rtp(1, 0), caller_leg).unwrap();
+    assert!(recv(&callee.rtp).is_some());
     rt.block_on(handle.delete("del".into(), None, None, None))
         .unwrap();
     assert!(rt.block_on(handle.get("del".into())).unwrap().is_none());
@@ -275,7 +251,7 @@ fn delete_stops_forwarding_and_closes_ports() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    caller.rtp.send_to(&rtp_packet(1, 1), caller_leg).unwrap();
+    caller.rtp.send_to(&rtp(1, 1), caller_leg).unwrap();
     assert_eq!(drain(&callee.rtp), 0);
     drop(handle);
     core.join();
@@ -295,7 +271,7 @@ fn media_timeout_ends_a_silent_session() {
     let caller_leg = relay_addr(call.answer.rtp_port);
     // Media for ~1.5 s keeps it alive past the 1 s timeout...
     for seq in 0..15 {
-        caller.rtp.send_to(&rtp_packet(1, seq), caller_leg).unwrap();
+        caller.rtp.send_to(&rtp(1, seq), caller_leg).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(rt.block_on(handle.get("quiet".into())).unwrap().is_some());
@@ -357,19 +333,16 @@ fn bridges_an_ipv4_caller_to_an_ipv6_callee() {
     assert!(answer.address.is_ipv4());
     caller
         .rtp
-        .send_to(&rtp_packet(1, 0), relay_addr(answer.rtp_port))
+        .send_to(&rtp(1, 0), relay_addr(answer.rtp_port))
         .unwrap();
-    let (data, from) = recv_from(&callee).expect("IPv6 callee receives");
-    assert_eq!(data, rtp_packet(1, 0));
+    let (data, from) = recv(&callee).expect("IPv6 callee receives");
+    assert_eq!(data, rtp(1, 0));
     assert_eq!(from, SocketAddr::new(offer.address, offer.rtp_port));
     callee
-        .send_to(
-            &rtp_packet(2, 0),
-            SocketAddr::new(offer.address, offer.rtp_port),
-        )
+        .send_to(&rtp(2, 0), SocketAddr::new(offer.address, offer.rtp_port))
         .unwrap();
-    let (data, from) = recv_from(&caller.rtp).expect("IPv4 caller receives");
-    assert_eq!(data, rtp_packet(2, 0));
+    let (data, from) = recv(&caller.rtp).expect("IPv4 caller receives");
+    assert_eq!(data, rtp(2, 0));
     assert_eq!(from, relay_addr(answer.rtp_port));
     drop(handle);
     core.join();

@@ -3,6 +3,9 @@
 //! protocol in both directions; Watch events including a setup timeout; every error code;
 //! ListSessions paging and filters; sluicectl against the daemon.
 
+mod common;
+
+use common::{recv, rtp};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -220,23 +223,6 @@ fn udp() -> UdpSocket {
     s.set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     s
-}
-
-fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 172];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p
-}
-
-fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    socket
-        .recv_from(&mut buf)
-        .ok()
-        .map(|(n, a)| (buf[..n].to_vec(), a))
 }
 
 fn addr(a: &Option<pb::SocketAddress>) -> Option<SocketAddr> {

@@ -3,6 +3,9 @@
 //! timeouts with notification, port exhaustion, malformed input, retransmissions, unix sockets,
 //! the source ACL.
 
+mod common;
+
+use common::{recv, rtp};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -106,23 +109,6 @@ fn endpoint() -> (UdpSocket, UdpSocket) {
         }
     }
     panic!("no free even/odd port pair");
-}
-
-fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
-    let mut p = vec![0u8; 172];
-    p[0] = 0x80;
-    p[2..4].copy_from_slice(&seq.to_be_bytes());
-    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
-    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    p
-}
-
-fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
-    let mut buf = [0u8; 2048];
-    socket
-        .recv_from(&mut buf)
-        .ok()
-        .map(|(n, a)| (buf[..n].to_vec(), a))
 }
 
 fn count_until_quiet(socket: &UdpSocket) -> usize {

@@ -1,7 +1,7 @@
 //! Helpers shared by the loopback test binaries.
 #![allow(dead_code)] // each test binary uses a subset
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 
 use sluice::session::{InterfaceSel, LegOptions, UpdateKind, UpdateRequest};
 
@@ -27,4 +27,23 @@ pub fn request(
         notify: None,
         session: Default::default(),
     }
+}
+
+/// A G.711-sized RTP packet (PT 0, 160-byte payload) with the given SSRC and sequence number.
+pub fn rtp(ssrc: u32, seq: u16) -> Vec<u8> {
+    let mut p = vec![0u8; 172];
+    p[0] = 0x80;
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// One datagram and its source, or None when the socket's read timeout expires.
+pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
+    let mut buf = [0u8; 2048];
+    socket
+        .recv_from(&mut buf)
+        .ok()
+        .map(|(n, a)| (buf[..n].to_vec(), a))
 }
