@@ -275,7 +275,21 @@ fn port_exhaustion_is_an_error_and_the_relay_keeps_serving() {
     );
     assert_eq!(relay.cmd("V"), "20040107");
     assert_eq!(relay.cmd("D a@h ft"), "0");
-    relay.port("U c@h 127.0.0.1 4000 ft;1");
+    // The freed pair is usable once the worker has closed its sockets (quarantine is 0 here;
+    // with the default 10 s this window never shows).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let reply = relay.cmd("U c@h 127.0.0.1 4000 ft;1");
+        if reply.ends_with(" 127.0.0.1") {
+            break;
+        }
+        assert_eq!(reply, "E72");
+        assert!(
+            Instant::now() < deadline,
+            "the freed port pair never came back"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
