@@ -39,16 +39,7 @@ pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
                 iov_len: b.len(),
             })
             .collect();
-        // SAFETY: zeroed mmsghdr is valid (null name, no control); iovs outlive the call.
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        let mut msgs = headers(&mut iovs);
         // SAFETY: msgs points to chunk.len() initialised headers.
         let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0) };
         if n < 0 {
@@ -67,6 +58,19 @@ pub fn send_batch(fd: RawFd, bufs: &[&[u8]]) -> io::Result<usize> {
         }
     }
     Ok(sent)
+}
+
+/// One message header per iovec, no address, no control data; valid while `iovs` lives.
+fn headers(iovs: &mut [libc::iovec]) -> Vec<libc::mmsghdr> {
+    iovs.iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero mmsghdr is valid (null name, no control).
+            let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            m
+        })
+        .collect()
 }
 
 /// Receive buffers for [`recv_batch`].
@@ -93,16 +97,7 @@ impl RecvBatch {
                 iov_len: b.len(),
             })
             .collect();
-        // SAFETY: as in send_batch.
-        let mut msgs: Vec<libc::mmsghdr> = iovs
-            .iter_mut()
-            .map(|iov| {
-                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
-                m.msg_hdr.msg_iov = iov;
-                m.msg_hdr.msg_iovlen = 1;
-                m
-            })
-            .collect();
+        let mut msgs = headers(&mut iovs);
         loop {
             // SAFETY: msgs/iovs/bufs are valid for the call.
             let n = unsafe {

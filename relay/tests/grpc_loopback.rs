@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{recv, rtp};
+use common::{control_socket, recv, rtp, start_daemon};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -33,29 +33,13 @@ struct Relay {
 impl Relay {
     /// A daemon on 127.0.0.1 with media ports `port_min..=port_max` and `extra` TOML appended.
     fn start(port_min: u16, port_max: u16, extra: &str) -> Relay {
-        let toml = format!(
-            "[log]\nlevel = \"warn\"\n\
-             [media]\nport_min = {port_min}\nport_max = {port_max}\nquarantine = \"0s\"\nworkers = 2\n\
-             [[media.interface]]\nname = \"lo\"\naddress = \"127.0.0.1\"\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\
-             [rtpproxy]\nlisten = [\"udp:127.0.0.1:0\"]\n{extra}"
-        );
-        let config = Config::from_toml(&toml, "test").expect("test config");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let daemon = rt.block_on(Daemon::start(&config)).expect("daemon starts");
+        let (rt, daemon) = start_daemon(port_min, port_max, extra);
         let grpc = daemon.grpc_addr();
         let rtpp = daemon.rtpp_udp_addr().expect("a UDP rtpproxy listener");
         let client = rt
             .block_on(RelayClient::connect(format!("http://{grpc}")))
             .expect("gRPC connects");
-        let control = UdpSocket::bind("127.0.0.1:0").unwrap();
-        control
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        let control = control_socket();
         Relay {
             rt,
             daemon: Some(daemon),

@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::{recv, rtp};
+use common::{control_socket, recv, rtp, start_daemon};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use sluice::config::Config;
 use sluice::daemon::Daemon;
 
 struct Relay {
@@ -25,27 +24,9 @@ struct Relay {
 impl Relay {
     /// Starts a daemon with `extra` TOML appended to a loopback base config.
     fn start(port_min: u16, port_max: u16, extra: &str) -> Relay {
-        let toml = format!(
-            "[log]\nlevel = \"warn\"\n\
-             [media]\nport_min = {port_min}\nport_max = {port_max}\nquarantine = \"0s\"\nworkers = 2\n\
-             [[media.interface]]\nname = \"lo\"\naddress = \"127.0.0.1\"\n\
-             [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"
-        );
-        let mut config = Config::from_toml(&toml, "test").expect("test config");
-        if config.rtpproxy.listen == Config::default().rtpproxy.listen {
-            config.rtpproxy.listen = vec!["udp:127.0.0.1:0".parse().unwrap()];
-        }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let daemon = rt.block_on(Daemon::start(&config)).expect("daemon starts");
+        let (rt, daemon) = start_daemon(port_min, port_max, extra);
         let rtpp = daemon.rtpp_udp_addr().expect("a UDP rtpproxy listener");
-        let control = UdpSocket::bind("127.0.0.1:0").unwrap();
-        control
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        let control = control_socket();
         Relay {
             rt,
             daemon: Some(daemon),

@@ -37,6 +37,19 @@ pub struct ControlOptions {
     pub progress: bool,
 }
 
+impl ControlOptions {
+    /// A run needs an end: a duration or a cycle count.
+    pub fn check(&self) -> io::Result<()> {
+        if self.duration.is_none() && self.cycles.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "control: give --duration or --cycles",
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ControlLatency {
     pub offer: LatencySummary,
@@ -224,12 +237,7 @@ pub fn run(
     relay_pid: Option<u32>,
     o: &ControlOptions,
 ) -> io::Result<ControlResult> {
-    if o.duration.is_none() && o.cycles.is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "control: give --duration or --cycles",
-        ));
-    }
+    o.check()?;
     crate::clock::tight_timer_slack();
     let mut p = Pipeline::connect(relay, o.timeout, o.tries)?;
     let media_ip = if relay.is_ipv4() {

@@ -91,12 +91,7 @@ pub fn run(
     relay_pid: Option<u32>,
     o: &ControlOptions,
 ) -> io::Result<ControlResult> {
-    if o.duration.is_none() && o.cycles.is_none() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "control: give --duration or --cycles",
-        ));
-    }
+    o.check()?;
     // One client thread, as for the rtpproxy variant, so client CPU compares.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -2,6 +2,10 @@
 #![allow(dead_code)] // each test binary uses a subset
 
 use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use sluice::config::Config;
+use sluice::daemon::Daemon;
 
 use sluice::session::{InterfaceSel, LegOptions, UpdateKind, UpdateRequest};
 
@@ -46,4 +50,40 @@ pub fn recv(socket: &UdpSocket) -> Option<(Vec<u8>, SocketAddr)> {
         .recv_from(&mut buf)
         .ok()
         .map(|(n, a)| (buf[..n].to_vec(), a))
+}
+
+/// A daemon on 127.0.0.1 (media ports `port_min..=port_max`, quarantine 0, control listeners
+/// on ephemeral ports) with `extra` TOML appended, and the runtime it runs on.
+pub fn start_daemon(
+    port_min: u16,
+    port_max: u16,
+    extra: &str,
+) -> (tokio::runtime::Runtime, Daemon) {
+    let toml = format!(
+        "[log]\nlevel = \"warn\"\n\
+         [media]\nport_min = {port_min}\nport_max = {port_max}\nquarantine = \"0s\"\nworkers = 2\n\
+         [[media.interface]]\nname = \"lo\"\naddress = \"127.0.0.1\"\n\
+         [grpc]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n{extra}"
+    );
+    let mut config = Config::from_toml(&toml, "test").expect("test config");
+    // Unless `extra` chose listeners, use an ephemeral UDP port instead of the default 22222.
+    if config.rtpproxy.listen == Config::default().rtpproxy.listen {
+        config.rtpproxy.listen = vec!["udp:127.0.0.1:0".parse().expect("valid spec")];
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let daemon = rt.block_on(Daemon::start(&config)).expect("daemon starts");
+    (rt, daemon)
+}
+
+/// A UDP socket for rtpproxy commands, with a 2 s read timeout.
+pub fn control_socket() -> UdpSocket {
+    let control = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    control
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    control
 }
