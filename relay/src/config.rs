@@ -132,6 +132,11 @@ pub struct XdpConfig {
     pub mode: XdpMode,
     /// Network devices to attach to; empty = derived from the media interface addresses.
     pub interfaces: Vec<String>,
+    /// Kernel flow table size: four flows per fully offloaded stream (RTP and RTCP, both ways).
+    pub max_flows: u32,
+    /// Turn on `net.ipv4/ipv6.conf.<device>.forwarding` for the XDP devices at start (the
+    /// kernel's route lookup for XDP needs it). Off by default: it is a host-wide decision.
+    pub enable_forwarding: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
@@ -284,6 +289,8 @@ impl Default for MetricsConfig {
 impl Default for XdpConfig {
     fn default() -> Self {
         XdpConfig {
+            max_flows: sluice_common::DEFAULT_MAX_FLOWS,
+            enable_forwarding: false,
             mode: XdpMode::Auto,
             interfaces: Vec::new(),
         }

@@ -15,6 +15,7 @@ use crate::control::grpc::{self, GrpcError, RelayService};
 use crate::control::rtpp::handler::Handler;
 use crate::control::rtpp::server::{self as rtpp_server, Acl, Listener};
 use crate::datapath::user::SocketOpener;
+use crate::datapath::xdp;
 use crate::metrics::Metrics;
 use crate::session::TableConfig;
 use crate::session::latch::LatchPolicy;
@@ -31,6 +32,8 @@ pub enum DaemonError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("XDP fast path: {0}")]
+    Xdp(#[from] crate::datapath::xdp::XdpError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
     #[error("metrics endpoint: {0}")]
@@ -91,7 +94,17 @@ impl Daemon {
         };
         let table_config = table_config(config);
         let latch = table_config.latch;
-        let (core, handle) = Core::start(table_config, opener).map_err(DaemonError::Datapath)?;
+        let addresses: Vec<_> = table_config.interfaces.iter().map(|i| i.address).collect();
+        let (fast_path, xdp_status) = xdp::start(&config.xdp, &addresses)?;
+        for (device, mode) in &xdp_status.attached {
+            tracing::info!(%device, %mode, "XDP fast path attached");
+        }
+        for why in &xdp_status.fallback {
+            tracing::info!("XDP fast path not used: {why}");
+        }
+        metrics.set_xdp_status(&xdp_status);
+        let (core, handle) =
+            Core::start(table_config, opener, fast_path).map_err(DaemonError::Datapath)?;
         let notify_socket = (!config.rtpproxy.notify_socket.is_empty())
             .then(|| config.rtpproxy.notify_socket.clone());
         let rtpp = Arc::new(Handler::new(handle.clone(), latch, notify_socket.clone()));
@@ -297,6 +310,8 @@ pub fn table_config(config: &Config) -> TableConfig {
         session_ttl: (!config.session.session_ttl.is_zero()).then_some(config.session.session_ttl),
         max_sessions: config.session.max_sessions,
         workers,
+        // Core::start turns it on when the fast path is running.
+        offload: false,
     }
 }
 

@@ -15,6 +15,8 @@ pub const GIT_COMMIT: &str = env!("SLUICE_GIT_COMMIT");
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    xdp_attached: IntGaugeVec,
+    xdp_fallback: IntGaugeVec,
 }
 
 impl Metrics {
@@ -32,7 +34,42 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(Metrics { registry })
+        let xdp_attached = IntGaugeVec::new(
+            Opts::new(
+                "sluice_xdp_attached",
+                "1 for every device the XDP fast path is attached to, by attach mode.",
+            ),
+            &["interface", "mode"],
+        )?;
+        let xdp_fallback = IntGaugeVec::new(
+            Opts::new(
+                "sluice_xdp_fallback",
+                "1 for every reason media stays on the userspace path (XDP off, unavailable, \
+                 or a device skipped).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(xdp_attached.clone()))?;
+        registry.register(Box::new(xdp_fallback.clone()))?;
+        Ok(Metrics {
+            registry,
+            xdp_attached,
+            xdp_fallback,
+        })
+    }
+
+    /// Exports where the fast path runs and why not elsewhere.
+    pub fn set_xdp_status(&self, status: &crate::datapath::xdp::XdpStatus) {
+        for (device, mode) in &status.attached {
+            self.xdp_attached
+                .with_label_values(&[device.as_str(), &mode.to_string()])
+                .set(1);
+        }
+        for reason in &status.fallback {
+            self.xdp_fallback
+                .with_label_values(&[reason.as_str()])
+                .set(1);
+        }
     }
 
     pub fn registry(&self) -> &Registry {

@@ -32,6 +32,7 @@ fn config(port_base: u16, media_timeout: Duration) -> TableConfig {
         session_ttl: None,
         max_sessions: 0,
         workers: 2,
+        offload: false,
     }
 }
 
@@ -119,6 +120,7 @@ fn forwards_rtp_and_rtcp_both_ways_with_the_relay_as_source() {
     let (core, handle) = Core::start(
         config(port_base(0), Duration::from_secs(60)),
         SocketOpener::default(),
+        None,
     )
     .unwrap();
     let (caller, callee) = (Endpoint::new(), Endpoint::new());
@@ -191,6 +193,7 @@ fn natted_caller_gets_media_after_latching_and_bleed_is_dropped() {
     let (core, handle) = Core::start(
         config(port_base(1), Duration::from_secs(60)),
         SocketOpener::default(),
+        None,
     )
     .unwrap();
     let (caller, callee, attacker) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
@@ -232,6 +235,7 @@ fn delete_stops_forwarding_and_closes_ports() {
     let (core, handle) = Core::start(
         config(port_base(2), Duration::from_secs(60)),
         SocketOpener::default(),
+        None,
     )
     .unwrap();
     let (caller, callee) = (Endpoint::new(), Endpoint::new());
@@ -263,6 +267,7 @@ fn media_timeout_ends_a_silent_session() {
     let (core, handle) = Core::start(
         config(port_base(3), Duration::from_secs(1)),
         SocketOpener::default(),
+        None,
     )
     .unwrap();
     let mut events = handle.subscribe();
@@ -313,7 +318,7 @@ fn bridges_an_ipv4_caller_to_an_ipv6_callee() {
         port_max: base + 199,
     });
     cfg.interfaces[0].port_max = base + 99;
-    let (core, handle) = Core::start(cfg, SocketOpener::default()).unwrap();
+    let (core, handle) = Core::start(cfg, SocketOpener::default(), None).unwrap();
     let caller = Endpoint::new();
     let (callee, callee_addr) = ep_v6();
     // The callee-facing leg goes on the IPv6 interface, the caller-facing one on IPv4.

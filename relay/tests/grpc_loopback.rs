@@ -616,7 +616,7 @@ fn unavailable_once_the_core_has_stopped() {
     let config = Config::from_toml(toml, "test").unwrap();
     let table = sluice::daemon::table_config(&config);
     let latch = table.latch;
-    let (core, handle) = Core::start(table, SocketOpener::default()).unwrap();
+    let (core, handle) = Core::start(table, SocketOpener::default(), None).unwrap();
     core.join();
     let (_stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let service = RelayService::new(handle, Instant::now(), latch, stop_rx);

@@ -80,8 +80,9 @@ fn a_flooded_stream_does_not_hurt_others_and_recovers() {
         max_sessions: 0,
         // One worker: the quiet calls share it with the flooded one.
         workers: 1,
+        offload: false,
     };
-    let (core, handle) = Core::start(config, SocketOpener::default()).unwrap();
+    let (core, handle) = Core::start(config, SocketOpener::default(), None).unwrap();
     let flooded = call(&rt, &handle, "flood");
     let quiet: Vec<Call> = (0..3)
         .map(|i| call(&rt, &handle, &format!("quiet{i}")))

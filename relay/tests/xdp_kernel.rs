@@ -9,7 +9,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use sluice::datapath::xdp::{AttachMode, FastPath};
 use sluice_bench::privileged::privileged_or_skip;
 use sluice_bench::topo::{self, Role, Topology};
-use sluice_common::{Counter, Stat};
+use sluice_common::{Counter, DEFAULT_MAX_FLOWS, Stat};
 
 const XDP_PASS: u32 = 2;
 
@@ -68,7 +68,8 @@ fn program_passes_verifier_and_classifies_frames() {
     if !privileged_or_skip("program_passes_verifier_and_classifies_frames") {
         return;
     }
-    let fast_path = FastPath::load().expect("XDP program loads and passes the verifier");
+    let fast_path =
+        FastPath::load(DEFAULT_MAX_FLOWS).expect("XDP program loads and passes the verifier");
     let program = fast_path.program().unwrap();
     let cases: Vec<(&str, Vec<u8>, Stat)> = vec![
         (
@@ -89,7 +90,7 @@ fn program_passes_verifier_and_classifies_frames() {
         (
             "udp/ipv4 with options",
             frame(&[eth(0x0800, false), ipv4(17, 6), udp(20)]),
-            Stat::PassNoFlow,
+            Stat::PassIpOptions,
         ),
         (
             "tcp/ipv4",
@@ -161,7 +162,7 @@ fn attached_natively_on_veth_counts_udp_and_passes_it() {
     let relay_addr = SocketAddr::new(topo::RELAY_CALLER_SIDE_V4.into(), 40_000);
     let (fast_path, receiver) = topo
         .run_in(Role::Relay, || {
-            let mut fast_path = FastPath::load().expect("load");
+            let mut fast_path = FastPath::load(DEFAULT_MAX_FLOWS).expect("load");
             fast_path
                 .attach(topo::RELAY_CALLER_DEV, AttachMode::Native)
                 .expect("native XDP attach on veth");

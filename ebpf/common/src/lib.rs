@@ -4,6 +4,11 @@
 //! and userspace, so a layout change is a map format change for both sides.
 #![no_std]
 
+pub mod csum;
+pub mod flow;
+
+pub use flow::*;
+
 /// Name of the XDP program inside the embedded object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 
@@ -52,15 +57,46 @@ pub enum Stat {
     PassNotUdp = 3,
     /// Passed: UDP, but no flow is installed for its destination.
     PassNoFlow = 4,
+    /// Passed: a flow exists but the source is not its latched remote (an RTP Bleed attempt,
+    /// or a NAT rebinding userspace may relatch to).
+    PassSourceMismatch = 5,
+    /// Passed: an IPv4 fragment or an IPv6 fragment header.
+    PassFragment = 6,
+    /// Passed: IPv4 header with options.
+    PassIpOptions = 7,
+    /// Passed: the next hop's MAC is not resolved yet (the stack sends it and resolves it).
+    PassNoNeigh = 8,
+    /// Passed: the route lookup failed (no route, forwarding disabled, MTU, unreachable).
+    PassFibFailed = 9,
+    /// Passed: the egress device is not one the program can redirect to.
+    PassNoEgress = 10,
+    /// Passed: the egress needs an 802.1Q tag added, removed or on another parent device.
+    PassVlan = 11,
+    /// Passed: a partial checksum over a payload longer than the program sums.
+    PassChecksum = 12,
+    /// Forwarded out of the device it arrived on (XDP_TX).
+    Tx = 13,
+    /// Forwarded through the device map to another device (XDP_REDIRECT).
+    Redirect = 14,
 }
 
 impl Stat {
-    pub const ALL: [Stat; 5] = [
+    pub const ALL: [Stat; 15] = [
         Stat::Received,
         Stat::PassTruncated,
         Stat::PassNotIp,
         Stat::PassNotUdp,
         Stat::PassNoFlow,
+        Stat::PassSourceMismatch,
+        Stat::PassFragment,
+        Stat::PassIpOptions,
+        Stat::PassNoNeigh,
+        Stat::PassFibFailed,
+        Stat::PassNoEgress,
+        Stat::PassVlan,
+        Stat::PassChecksum,
+        Stat::Tx,
+        Stat::Redirect,
     ];
 
     /// Stable label value for metrics and logs.
@@ -71,6 +107,16 @@ impl Stat {
             Stat::PassNotIp => "pass_not_ip",
             Stat::PassNotUdp => "pass_not_udp",
             Stat::PassNoFlow => "pass_no_flow",
+            Stat::PassSourceMismatch => "pass_source_mismatch",
+            Stat::PassFragment => "pass_fragment",
+            Stat::PassIpOptions => "pass_ip_options",
+            Stat::PassNoNeigh => "pass_no_neigh",
+            Stat::PassFibFailed => "pass_fib_failed",
+            Stat::PassNoEgress => "pass_no_egress",
+            Stat::PassVlan => "pass_vlan",
+            Stat::PassChecksum => "pass_checksum",
+            Stat::Tx => "tx",
+            Stat::Redirect => "redirect",
         }
     }
 }

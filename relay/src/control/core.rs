@@ -8,6 +8,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::datapath::user::{Datapath, DatapathTotals, SocketOpener, WorkerEvent};
+use crate::datapath::xdp::FastPath;
 use crate::ports::PoolUsage;
 use crate::session::table::TableCounters;
 use crate::session::{
@@ -134,11 +135,17 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn start(config: TableConfig, opener: SocketOpener) -> std::io::Result<(Core, CoreHandle)> {
+    /// Starts the core; with `fast_path`, latched streams are offloaded to the kernel.
+    pub fn start(
+        mut config: TableConfig,
+        opener: SocketOpener,
+        fast_path: Option<FastPath>,
+    ) -> std::io::Result<(Core, CoreHandle)> {
         let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let (broadcast_tx, _) = broadcast::channel(4096);
         let datapath = Datapath::start(config.workers, events_tx)?;
+        config.offload = fast_path.is_some();
         let table = Table::new(config, Instant::now());
         let out = broadcast_tx.clone();
         let thread = std::thread::Builder::new()
@@ -150,6 +157,8 @@ impl Core {
                     opener,
                     events: out,
                     actions: Vec::new(),
+                    fast_path,
+                    next_poll: Instant::now() + XDP_POLL,
                 }
                 .run(requests_rx, events_rx)
             })?;
@@ -179,20 +188,28 @@ impl Core {
     }
 }
 
+/// How often kernel flow counters are copied into the streams' statistics (liveness for the
+/// media timeout, counters for queries).
+const XDP_POLL: Duration = Duration::from_secs(1);
+
 struct CoreLoop {
     table: Table,
     datapath: Datapath,
     opener: SocketOpener,
     events: broadcast::Sender<SessionEvent>,
     actions: Vec<Action<crate::datapath::user::LegSockets>>,
+    fast_path: Option<FastPath>,
+    next_poll: Instant,
 }
 
 impl CoreLoop {
     fn run(mut self, requests: Receiver<Request>, worker_events: Receiver<WorkerEvent>) {
         loop {
-            let wait = self
-                .table
-                .next_tick_at()
+            let mut next = self.table.next_tick_at();
+            if self.fast_path.is_some() {
+                next = next.min(self.next_poll);
+            }
+            let wait = next
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
             select! {
@@ -207,7 +224,14 @@ impl CoreLoop {
                 },
                 default(wait) => {},
             }
-            self.table.tick(Instant::now(), &mut self.actions);
+            let now = Instant::now();
+            if now >= self.next_poll {
+                self.next_poll = now + XDP_POLL;
+                if let Some(fast_path) = &mut self.fast_path {
+                    fast_path.flows().poll();
+                }
+            }
+            self.table.tick(now, &mut self.actions);
             self.flush();
         }
         let mut actions = std::mem::take(&mut self.actions);
@@ -215,6 +239,11 @@ impl CoreLoop {
         self.actions = actions;
         self.flush();
         self.datapath.shutdown();
+        if let Some(mut fast_path) = self.fast_path.take()
+            && let Err(e) = fast_path.detach_all()
+        {
+            tracing::warn!(error = %e, "XDP detach failed");
+        }
     }
 
     fn handle(&mut self, req: Request) {
@@ -279,7 +308,45 @@ impl CoreLoop {
 
     fn flush(&mut self) {
         for action in self.actions.drain(..) {
-            if let Some(event) = self.datapath.apply(action) {
+            let event = match action {
+                Action::Offload {
+                    stream,
+                    call_id,
+                    flows,
+                    shared,
+                } => {
+                    let Some(fast_path) = &mut self.fast_path else {
+                        continue;
+                    };
+                    match fast_path.flows().apply(stream, &flows, &shared) {
+                        Ok(applied) => {
+                            for leg in applied.offloaded {
+                                let event = SessionEvent::Offloaded {
+                                    call_id: call_id.clone(),
+                                    stream,
+                                    leg,
+                                };
+                                log_event(&event);
+                                let _ = self.events.send(event);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(%call_id, stream, error = %e, "XDP flow update failed; userspace keeps forwarding");
+                        }
+                    }
+                    continue;
+                }
+                Action::Remove { stream, worker } => {
+                    // Kernel entries go first: no packet may be forwarded for ports about to
+                    // be reused.
+                    if let Some(fast_path) = &mut self.fast_path {
+                        fast_path.flows().remove_stream(stream);
+                    }
+                    self.datapath.apply(Action::Remove { stream, worker })
+                }
+                other => self.datapath.apply(other),
+            };
+            if let Some(event) = event {
                 log_event(&event);
                 // No subscriber is fine.
                 let _ = self.events.send(event);
@@ -300,6 +367,11 @@ fn log_event(event: &SessionEvent) {
             addr,
             relatched,
         } => tracing::debug!(%call_id, stream, leg, rtcp, %addr, relatched, "latched"),
+        SessionEvent::Offloaded {
+            call_id,
+            stream,
+            leg,
+        } => tracing::debug!(%call_id, stream, leg, "offloaded to XDP"),
         SessionEvent::Ended {
             call_id, reason, ..
         } => tracing::info!(%call_id, reason = reason.as_str(), "session ended"),

@@ -1,7 +1,9 @@
 //! Counters shared between the datapath worker that owns a stream (sole writer, relaxed
 //! atomics on its own cache lines) and the control plane (reader: queries, timeouts, metrics).
+//! Packets the XDP fast path forwards never reach the worker; the core thread copies their
+//! counters from the kernel's maps into [`KernelCounters`] (sole writer there).
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Per leg: what arrived from the leg's remote endpoint and what was sent to it.
 #[derive(Debug, Default)]
@@ -28,19 +30,59 @@ pub struct LegCounters {
     pub last_rx_ns: AtomicU64,
 }
 
+/// Per leg: what the kernel fast path received from the leg's remote and sent to it, as totals
+/// since the stream was first offloaded (absolute values, stored by the core's poll).
+#[derive(Debug, Default)]
+pub struct KernelCounters {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub rtp_expected: AtomicU64,
+    pub rtp_received: AtomicU64,
+    /// Last packet the kernel forwarded from this leg, in `clock` nanoseconds; 0 = none.
+    pub last_rx_ns: AtomicU64,
+    /// Packets from this leg's remote are forwarded in the kernel now.
+    pub offloaded: AtomicBool,
+}
+
 #[derive(Debug, Default)]
 pub struct StreamShared {
     pub legs: [LegCounters; 2],
+    pub kernel: [KernelCounters; 2],
 }
 
 impl StreamShared {
-    /// Latest packet seen on either leg, in `clock` nanoseconds (0 = never).
+    /// Latest packet seen on either leg by either path, in `clock` nanoseconds (0 = never).
     pub fn last_rx_ns(&self) -> u64 {
         self.legs
             .iter()
             .map(|l| l.last_rx_ns.load(Relaxed))
+            .chain(self.kernel.iter().map(|k| k.last_rx_ns.load(Relaxed)))
             .max()
             .unwrap_or(0)
+    }
+
+    /// Leg `i`'s counters, userspace and kernel paths added up.
+    pub fn leg_snapshot(&self, i: usize) -> LegSnapshot {
+        let (Some(user), Some(kernel)) = (self.legs.get(i), self.kernel.get(i)) else {
+            return LegSnapshot::default();
+        };
+        let mut s = user.snapshot();
+        let k_rx = kernel.rx_packets.load(Relaxed);
+        let k_expected = kernel.rtp_expected.load(Relaxed);
+        let k_received = kernel.rtp_received.load(Relaxed);
+        s.rx_packets += k_rx;
+        s.rx_bytes += kernel.rx_bytes.load(Relaxed);
+        s.tx_packets += kernel.tx_packets.load(Relaxed);
+        s.tx_bytes += kernel.tx_bytes.load(Relaxed);
+        s.rtp_expected += k_expected;
+        s.rtp_lost += i64::try_from(k_expected).unwrap_or(i64::MAX)
+            - i64::try_from(k_received).unwrap_or(i64::MAX);
+        s.last_rx_ns = s.last_rx_ns.max(kernel.last_rx_ns.load(Relaxed));
+        s.kernel_rx_packets = k_rx;
+        s.offloaded = kernel.offloaded.load(Relaxed);
+        s
     }
 }
 
@@ -61,6 +103,10 @@ pub struct LegSnapshot {
     pub rtp_out_of_order: u64,
     pub rtp_jitter_us: u64,
     pub last_rx_ns: u64,
+    /// Of `rx_packets`, those the kernel fast path forwarded.
+    pub kernel_rx_packets: u64,
+    /// The leg's packets are forwarded in the kernel now.
+    pub offloaded: bool,
 }
 
 impl LegSnapshot {
@@ -89,6 +135,8 @@ impl LegCounters {
             rtp_out_of_order: self.rtp_out_of_order.load(Relaxed),
             rtp_jitter_us: self.rtp_jitter_us.load(Relaxed),
             last_rx_ns: self.last_rx_ns.load(Relaxed),
+            kernel_rx_packets: 0,
+            offloaded: false,
         }
     }
 

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::latch::LatchPolicy;
+use super::offload::{FlowSpec, LegView, stream_flows};
 use super::stats::{LegSnapshot, StreamShared};
 use super::timer::TimerWheel;
 use crate::ports::{PoolUsage, PortError, PortPair, PortPool};
@@ -58,6 +59,8 @@ pub struct TableConfig {
     /// 0 = unlimited.
     pub max_sessions: usize,
     pub workers: usize,
+    /// A kernel fast path is active: emit [`Action::Offload`] when a stream's latching changes.
+    pub offload: bool,
 }
 
 /// Which interface the allocated leg goes on.
@@ -236,6 +239,12 @@ pub enum SessionEvent {
         reason: EndReason,
         notify: Option<Notify>,
     },
+    /// A leg's RTP is forwarded by the kernel fast path from now on.
+    Offloaded {
+        call_id: String,
+        stream: StreamId,
+        leg: usize,
+    },
 }
 
 /// What the IO shell must do after a table call.
@@ -252,6 +261,15 @@ pub enum Action<S> {
         worker: usize,
     },
     Event(SessionEvent),
+    /// The flows the kernel fast path should forward for a stream now (the whole set: flows
+    /// not listed are to be removed). Before [`Action::Remove`] of the same stream, the IO shell
+    /// removes its flows itself.
+    Offload {
+        stream: StreamId,
+        call_id: String,
+        flows: Vec<FlowSpec>,
+        shared: Arc<StreamShared>,
+    },
 }
 
 /// One leg's full current state, as the datapath needs it.
@@ -331,6 +349,31 @@ impl TableCounters {
 struct Interface {
     spec: InterfaceSpec,
     pool: PortPool,
+}
+
+/// The kernel flows `stream` should have now.
+fn offload_action<S>(
+    interfaces: &[Interface],
+    call_id: &str,
+    stream: &Stream,
+    dscp: u8,
+) -> Action<S> {
+    let view = |l: &Leg| LegView {
+        local_rtp: l.local.and_then(|(iface, pair)| {
+            interfaces
+                .get(iface)
+                .map(|i| SocketAddr::new(i.spec.address, pair.rtp))
+        }),
+        latched_rtp: l.latched_rtp,
+        latched_rtcp: l.latched_rtcp,
+        policy: l.policy,
+    };
+    Action::Offload {
+        stream: stream.id,
+        call_id: call_id.to_owned(),
+        flows: stream_flows(&[view(&stream.legs[0]), view(&stream.legs[1])], dscp),
+        shared: stream.shared.clone(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -600,6 +643,11 @@ impl Table {
         {
             let leg = &mut stream.legs[facing];
             leg.tag.get_or_insert_with(|| req.from_tag.clone());
+            if leg.remote != req.remote {
+                // A real move (re-INVITE): the worker forgets the latch too (latch::Latch::update).
+                leg.latched_rtp = None;
+                leg.latched_rtcp = None;
+            }
             leg.remote = req.remote;
             leg.remote_rtcp = req.remote_rtcp;
             leg.policy = policy;
@@ -648,6 +696,15 @@ impl Table {
                 now + session.media_timeout,
                 (req.call_id.clone(), generation, TimerKind::Media),
             );
+        }
+        if self.config.offload {
+            let dscp = session.dscp.unwrap_or(self.config.dscp);
+            actions.push(offload_action(
+                &self.interfaces,
+                &req.call_id,
+                &session.streams[pos],
+                dscp,
+            ));
         }
         Ok(reply)
     }
@@ -742,6 +799,13 @@ impl Table {
             addr,
             relatched,
         }));
+        if self.config.offload {
+            let session = &self.sessions[call_id];
+            let dscp = session.dscp.unwrap_or(self.config.dscp);
+            if let Some(s) = session.streams.iter().find(|st| st.id == stream) {
+                actions.push(offload_action(&self.interfaces, call_id, s, dscp));
+            }
+        }
     }
 
     /// Fires due timers.
@@ -864,7 +928,7 @@ impl Table {
             remote: leg.remote,
             latched_rtp: leg.latched_rtp,
             latched_rtcp: leg.latched_rtcp,
-            counters: shared.legs[i].snapshot(),
+            counters: shared.leg_snapshot(i),
         }
     }
 
@@ -1127,6 +1191,7 @@ mod tests {
             session_ttl: None,
             max_sessions: 0,
             workers: 2,
+            offload: false,
         }
     }
 

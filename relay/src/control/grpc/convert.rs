@@ -395,8 +395,11 @@ fn leg(l: &LegInfo, now_ns: u64) -> pb::Leg {
         sdp_rtp: l.remote.map(socket_address),
         latched_rtp: l.latched_rtp.map(socket_address),
         latched_rtcp: l.latched_rtcp.map(socket_address),
-        // The XDP fast path reports offloaded legs once it exists.
-        path: pb::ForwardingPath::Userspace as i32,
+        path: if c.offloaded {
+            pb::ForwardingPath::Kernel
+        } else {
+            pb::ForwardingPath::Userspace
+        } as i32,
         counters: Some(pb::LegCounters {
             rx_packets: c.rx_packets,
             rx_bytes: c.rx_bytes,
@@ -455,7 +458,8 @@ pub fn event_call_id(e: &SessionEvent) -> &str {
         SessionEvent::Created { call_id }
         | SessionEvent::Answered { call_id }
         | SessionEvent::Latched { call_id, .. }
-        | SessionEvent::Ended { call_id, .. } => call_id,
+        | SessionEvent::Ended { call_id, .. }
+        | SessionEvent::Offloaded { call_id, .. } => call_id,
     }
 }
 
@@ -489,6 +493,11 @@ pub fn event(e: &SessionEvent, at: SystemTime) -> pb::Event {
             out.rtcp = *rtcp;
             out.address = Some(socket_address(*addr));
             out.relatched = *relatched;
+        }
+        SessionEvent::Offloaded { stream, leg, .. } => {
+            out.set_kind(pb::EventKind::Offloaded);
+            out.stream_id = *stream;
+            out.leg = u32::try_from(*leg).unwrap_or(u32::MAX);
         }
         SessionEvent::Ended { reason, .. } => {
             out.set_kind(pb::EventKind::Ended);

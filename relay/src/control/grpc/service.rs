@@ -309,8 +309,9 @@ mod tests {
             session_ttl: None,
             max_sessions: 0,
             workers: 1,
+            offload: false,
         };
-        let (core, handle) = Core::start(config, SocketOpener::default()).unwrap();
+        let (core, handle) = Core::start(config, SocketOpener::default(), None).unwrap();
         let (_stop, stopped) = watch::channel(false);
         let service = RelayService::new(
             handle.clone(),

@@ -104,6 +104,8 @@ impl Datapath {
             Action::Leg { worker, update } => (worker, WorkerCmd::Leg(update)),
             Action::Remove { stream, worker } => (worker, WorkerCmd::Remove { stream }),
             Action::Event(e) => return Some(e),
+            // The kernel fast path's business; the core applies it.
+            Action::Offload { .. } => return None,
         };
         self.send(worker, cmd);
         None

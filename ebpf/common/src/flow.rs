@@ -1,0 +1,168 @@
+//! Flow table entries: one per forwarded direction and component (RTP or RTCP), four per
+//! stream once both legs are latched.
+
+/// Name of the flow hash map (key [`FlowKey`], value [`FlowAction`]).
+pub const FLOWS_MAP: &str = "SLUICE_FLOWS";
+/// Per-CPU array of [`FlowStats`], indexed by [`FlowAction::stats_slot`].
+pub const FLOW_STATS_MAP: &str = "SLUICE_FLOW_STATS";
+/// DEVMAP_HASH of the devices the program may redirect to (key and value: ifindex).
+pub const DEVMAP: &str = "SLUICE_DEVMAP";
+/// Hash of 802.1Q devices (key: the VLAN device's ifindex, value [`VlanDev`]).
+pub const VLANS_MAP: &str = "SLUICE_VLANS";
+
+/// Flow table size compiled into the object; the daemon resizes the flow and statistics maps
+/// at load time (`xdp.max_flows`).
+pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
+/// Devices the program can redirect to.
+pub const MAX_DEVICES: u32 = 64;
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// [`FlowAction::flags`]: the flow carries RTP, so sequence numbers are tracked.
+pub const FLOW_RTP: u8 = 1;
+
+/// An address and port the relay receives on (the packet's destination). IPv4 uses the first
+/// four bytes of `addr`, the rest stays zero. Bytes are in network order, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub addr: [u8; 16],
+    pub port: [u8; 2],
+    pub family: u8,
+    pub _pad: u8,
+}
+
+impl FlowKey {
+    pub const fn v4(addr: [u8; 4], port: u16) -> FlowKey {
+        FlowKey {
+            addr: v4_padded(addr),
+            port: port.to_be_bytes(),
+            family: FAMILY_V4,
+            _pad: 0,
+        }
+    }
+
+    pub const fn v6(addr: [u8; 16], port: u16) -> FlowKey {
+        FlowKey {
+            addr,
+            port: port.to_be_bytes(),
+            family: FAMILY_V6,
+            _pad: 0,
+        }
+    }
+}
+
+/// An IPv4 address in the 16-byte layout of [`FlowKey`] and [`FlowAction`].
+pub const fn v4_padded(a: [u8; 4]) -> [u8; 16] {
+    [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+}
+
+/// What to do with a packet of a flow: accept it only from `src`, then send it from `new_src`
+/// to `new_dst`. All three share `family` (IPv4/IPv6 bridging stays in userspace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowAction {
+    /// The latched remote address of the ingress leg.
+    pub src: [u8; 16],
+    /// The relay's address of the egress leg.
+    pub new_src: [u8; 16],
+    /// The latched remote address of the egress leg.
+    pub new_dst: [u8; 16],
+    pub src_port: [u8; 2],
+    pub new_src_port: [u8; 2],
+    pub new_dst_port: [u8; 2],
+    pub family: u8,
+    /// DSCP in the upper six bits (the ECN bits of the packet are kept).
+    pub tos: u8,
+    /// TTL / hop limit of the packet as the relay sends it.
+    pub ttl: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// Index into [`FLOW_STATS_MAP`].
+    pub stats_slot: u32,
+}
+
+/// Per-flow counters; each CPU has its own copy, userspace merges them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub packets: u64,
+    /// UDP payload bytes (the unit the userspace path counts).
+    pub bytes: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last forwarded packet; 0 = none.
+    pub last_seen_ns: u64,
+    /// RTP packets (version 2, at least a fixed header) this CPU forwarded.
+    pub rtp_received: u64,
+    /// First and highest extended sequence number (cycles << 16 | seq) this CPU saw; the cycle
+    /// count is this CPU's own, userspace aligns CPUs (see the daemon's `merge_rtp`).
+    pub rtp_base_seq: u32,
+    pub rtp_max_seq: u32,
+}
+
+/// An 802.1Q device: frames the program sends out of `parent` carry tag `vid`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VlanDev {
+    pub parent: u32,
+    pub vid: u16,
+    pub _pad: u16,
+}
+
+/// Advances a CPU's sequence state by one RTP packet (RFC 3550 A.1 without the probation:
+/// reordered or repeated packets never move the maximum back).
+#[inline(always)]
+pub fn track_seq(stats: &mut FlowStats, seq: u16) {
+    if stats.rtp_received == 0 {
+        stats.rtp_base_seq = seq as u32;
+        stats.rtp_max_seq = seq as u32;
+    } else {
+        let max_low = stats.rtp_max_seq as u16;
+        let ahead = seq.wrapping_sub(max_low);
+        if ahead != 0 && ahead < 0x8000 {
+            let mut ext = (stats.rtp_max_seq & !0xffff) | seq as u32;
+            if seq < max_low {
+                ext = ext.wrapping_add(0x1_0000);
+            }
+            stats.rtp_max_seq = ext;
+        }
+    }
+    stats.rtp_received += 1;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), only integer fields and byte arrays, explicit padding fields, so
+    // every bit pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowAction {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::VlanDev {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_hidden_padding() {
+        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
+        assert_eq!(core::mem::size_of::<FlowAction>(), 64);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 40);
+        assert_eq!(core::mem::size_of::<VlanDev>(), 8);
+    }
+
+    #[test]
+    fn sequence_tracking_extends_across_wraps_and_ignores_reordering() {
+        let mut s = FlowStats::default();
+        for seq in [65_530u16, 65_533, 65_531, 2, 1, 5] {
+            track_seq(&mut s, seq);
+        }
+        assert_eq!(s.rtp_base_seq, 65_530);
+        assert_eq!(s.rtp_max_seq, 0x1_0005);
+        assert_eq!(s.rtp_received, 6);
+        // A packet from far behind does not move the maximum.
+        track_seq(&mut s, 40_000);
+        assert_eq!(s.rtp_max_seq, 0x1_0005);
+    }
+}

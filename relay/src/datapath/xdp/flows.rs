@@ -1,0 +1,350 @@
+//! The daemon's side of the flow table: installs the flows a stream should have in the kernel,
+//! removes them before the stream's ports are released, and copies the kernel's per-flow
+//! counters into the stream's shared statistics.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
+use sluice_common::{FLOW_RTP, FlowAction, FlowKey, FlowStats, v4_padded};
+
+use super::XdpError;
+use super::merge::{FlowTotals, merge};
+use crate::session::StreamId;
+use crate::session::offload::{Component, FlowSpec};
+use crate::session::stats::StreamShared;
+
+struct Entry {
+    spec: FlowSpec,
+    key: FlowKey,
+    slot: u32,
+}
+
+struct Installed {
+    shared: Arc<StreamShared>,
+    entries: Vec<Entry>,
+    /// Totals of flows already removed (a relatch restarts a flow's counters), per ingress leg.
+    retired: [FlowTotals; 2],
+}
+
+/// What [`FlowTable::apply`] changed, for events.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Legs whose RTP is now forwarded in the kernel and was not before.
+    pub offloaded: Vec<usize>,
+}
+
+pub struct FlowTable {
+    flows: BpfHashMap<MapData, FlowKey, FlowAction>,
+    stats: PerCpuArray<MapData, FlowStats>,
+    free_slots: Vec<u32>,
+    streams: HashMap<StreamId, Installed>,
+    ttl: u8,
+    nr_cpus: usize,
+}
+
+impl FlowTable {
+    pub(super) fn new(
+        flows: BpfHashMap<MapData, FlowKey, FlowAction>,
+        stats: PerCpuArray<MapData, FlowStats>,
+        max_flows: u32,
+        ttl: u8,
+    ) -> Result<FlowTable, XdpError> {
+        let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+        Ok(FlowTable {
+            flows,
+            stats,
+            // Popped from the end: low slots first.
+            free_slots: (0..max_flows).rev().collect(),
+            streams: HashMap::new(),
+            ttl,
+            nr_cpus,
+        })
+    }
+
+    /// Flows installed now.
+    pub fn len(&self) -> usize {
+        self.streams.values().map(|s| s.entries.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes the kernel forward exactly `specs` for `stream`. A flow that cannot be installed
+    /// (table full) stays in userspace, which forwards it correctly, just slower.
+    pub fn apply(
+        &mut self,
+        stream: StreamId,
+        specs: &[FlowSpec],
+        shared: &Arc<StreamShared>,
+    ) -> Result<Applied, XdpError> {
+        let installed = self.streams.entry(stream).or_insert_with(|| Installed {
+            shared: shared.clone(),
+            entries: Vec::new(),
+            retired: Default::default(),
+        });
+        let was = offloaded_legs(&installed.entries);
+        // Remove what is no longer wanted first, so its slot can serve a new flow.
+        let mut i = 0;
+        while i < installed.entries.len() {
+            let e = &installed.entries[i];
+            let wanted = specs
+                .iter()
+                .any(|s| s.component == e.spec.component && s.ingress_leg == e.spec.ingress_leg);
+            if wanted {
+                i += 1;
+                continue;
+            }
+            let e = installed.entries.swap_remove(i);
+            remove_entry(&mut self.flows, &self.stats, &e, &mut installed.retired);
+            self.free_slots.push(e.slot);
+        }
+        let mut result = Ok(());
+        for spec in specs {
+            let Some(key) = flow_key(spec.local) else {
+                continue;
+            };
+            let action = |slot| flow_action(spec, slot, self.ttl);
+            match installed.entries.iter_mut().find(|e| {
+                e.spec.component == spec.component && e.spec.ingress_leg == spec.ingress_leg
+            }) {
+                Some(e) if e.spec == *spec => {}
+                Some(e) => {
+                    if e.spec.remote != spec.remote {
+                        // Relatched: the old source's counters are final; the sequence numbers
+                        // of the new one start afresh.
+                        let old = read(&self.stats, e.slot);
+                        installed.retired[e.spec.ingress_leg].add(&old);
+                        zero(&mut self.stats, e.slot, self.nr_cpus)?;
+                    }
+                    if e.key != key {
+                        let _ = self.flows.remove(&e.key);
+                    }
+                    let Some(a) = action(e.slot) else { continue };
+                    self.flows.insert(key, a, 0)?;
+                    e.spec = *spec;
+                    e.key = key;
+                }
+                None => {
+                    let Some(slot) = self.free_slots.pop() else {
+                        tracing::warn!(stream, "XDP flow table full: this flow stays in userspace");
+                        continue;
+                    };
+                    let Some(a) = action(slot) else {
+                        self.free_slots.push(slot);
+                        continue;
+                    };
+                    let installed_ok = zero(&mut self.stats, slot, self.nr_cpus)
+                        .and_then(|()| self.flows.insert(key, a, 0).map_err(XdpError::Map));
+                    if let Err(e) = installed_ok {
+                        self.free_slots.push(slot);
+                        result = Err(e);
+                        continue;
+                    }
+                    installed.entries.push(Entry {
+                        spec: *spec,
+                        key,
+                        slot,
+                    });
+                }
+            }
+        }
+        let now = offloaded_legs(&installed.entries);
+        for (leg, k) in installed.shared.kernel.iter().enumerate() {
+            k.offloaded.store(now[leg], Relaxed);
+        }
+        let applied = Applied {
+            offloaded: (0..2).filter(|&l| now[l] && !was[l]).collect(),
+        };
+        if installed.entries.is_empty() {
+            // Keep the retired totals visible: copy them once more before forgetting.
+            publish(installed, &self.stats);
+            self.streams.remove(&stream);
+        }
+        result.map(|()| applied)
+    }
+
+    /// Removes every flow of `stream` (before its sockets close and its ports are released),
+    /// publishing the final kernel counters.
+    pub fn remove_stream(&mut self, stream: StreamId) {
+        let Some(mut installed) = self.streams.remove(&stream) else {
+            return;
+        };
+        publish(&installed, &self.stats);
+        for e in installed.entries.drain(..) {
+            if let Err(err) = self.flows.remove(&e.key) {
+                tracing::warn!(stream, error = %err, "removing an XDP flow failed");
+            }
+            self.free_slots.push(e.slot);
+        }
+        for k in &installed.shared.kernel {
+            k.offloaded.store(false, Relaxed);
+        }
+    }
+
+    /// Copies every offloaded stream's kernel counters into its shared statistics.
+    pub fn poll(&self) {
+        for installed in self.streams.values() {
+            publish(installed, &self.stats);
+        }
+    }
+}
+
+fn offloaded_legs(entries: &[Entry]) -> [bool; 2] {
+    let mut legs = [false; 2];
+    for e in entries
+        .iter()
+        .filter(|e| e.spec.component == Component::Rtp)
+    {
+        legs[e.spec.ingress_leg] = true;
+    }
+    legs
+}
+
+fn remove_entry(
+    flows: &mut BpfHashMap<MapData, FlowKey, FlowAction>,
+    stats: &PerCpuArray<MapData, FlowStats>,
+    e: &Entry,
+    retired: &mut [FlowTotals; 2],
+) {
+    if let Err(err) = flows.remove(&e.key) {
+        tracing::warn!(error = %err, "removing an XDP flow failed");
+    }
+    retired[e.spec.ingress_leg].add(&read(stats, e.slot));
+}
+
+fn read(stats: &PerCpuArray<MapData, FlowStats>, slot: u32) -> FlowTotals {
+    match stats.get(&slot, 0) {
+        Ok(per_cpu) => merge(&per_cpu),
+        Err(e) => {
+            tracing::debug!(slot, error = %e, "reading XDP flow counters failed");
+            FlowTotals::default()
+        }
+    }
+}
+
+fn zero(
+    stats: &mut PerCpuArray<MapData, FlowStats>,
+    slot: u32,
+    nr_cpus: usize,
+) -> Result<(), XdpError> {
+    let values =
+        PerCpuValues::try_from(vec![FlowStats::default(); nr_cpus]).map_err(XdpError::Cpus)?;
+    stats.set(slot, values, 0)?;
+    Ok(())
+}
+
+/// Per leg: what the kernel received from it (flows with that ingress) and sent to it (flows
+/// of the other ingress), plus retired flows.
+fn publish(installed: &Installed, stats: &PerCpuArray<MapData, FlowStats>) {
+    let mut by_ingress = installed.retired;
+    for e in &installed.entries {
+        by_ingress[e.spec.ingress_leg].add(&read(stats, e.slot));
+    }
+    let offset = kernel_clock_offset();
+    for (leg, k) in installed.shared.kernel.iter().enumerate() {
+        let rx = &by_ingress[leg];
+        let tx = &by_ingress[1 - leg];
+        k.rx_packets.store(rx.packets, Relaxed);
+        k.rx_bytes.store(rx.bytes, Relaxed);
+        k.tx_packets.store(tx.packets, Relaxed);
+        k.tx_bytes.store(tx.bytes, Relaxed);
+        k.rtp_expected.store(rx.rtp_expected, Relaxed);
+        k.rtp_received.store(rx.rtp_received, Relaxed);
+        if rx.last_seen_ns != 0 {
+            let at = rx.last_seen_ns.saturating_add_signed(offset);
+            k.last_rx_ns.store(at, Relaxed);
+        }
+    }
+}
+
+/// `crate::clock` nanoseconds minus kernel CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns):
+/// both count the same clock from different origins.
+fn kernel_clock_offset() -> i64 {
+    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+        .unwrap_or(0);
+    i64::try_from(crate::clock::now_ns()).unwrap_or(i64::MAX) - mono
+}
+
+fn flow_key(local: SocketAddr) -> Option<FlowKey> {
+    match local.ip() {
+        IpAddr::V4(a) => Some(FlowKey::v4(a.octets(), local.port())),
+        IpAddr::V6(a) => Some(FlowKey::v6(a.octets(), local.port())),
+    }
+}
+
+fn addr_bytes(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(a) => v4_padded(a.octets()),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// The kernel entry for `spec`; None when its addresses mix families (never offloaded).
+fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
+    let v6 = spec.local.is_ipv6();
+    if [spec.remote, spec.egress_local, spec.egress_remote]
+        .iter()
+        .any(|a| a.is_ipv6() != v6)
+    {
+        return None;
+    }
+    Some(FlowAction {
+        src: addr_bytes(spec.remote.ip()),
+        new_src: addr_bytes(spec.egress_local.ip()),
+        new_dst: addr_bytes(spec.egress_remote.ip()),
+        src_port: spec.remote.port().to_be_bytes(),
+        new_src_port: spec.egress_local.port().to_be_bytes(),
+        new_dst_port: spec.egress_remote.port().to_be_bytes(),
+        family: if v6 { 6 } else { 4 },
+        tos: spec.dscp << 2,
+        ttl,
+        flags: if spec.component == Component::Rtp {
+            FLOW_RTP
+        } else {
+            0
+        },
+        _pad: [0; 2],
+        stats_slot: slot,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_action_carries_the_rewrite_in_network_order() {
+        let spec = FlowSpec {
+            component: Component::Rtp,
+            ingress_leg: 0,
+            local: "198.18.1.1:30000".parse().unwrap(),
+            remote: "198.18.1.2:4000".parse().unwrap(),
+            egress_local: "198.18.2.1:30002".parse().unwrap(),
+            egress_remote: "198.18.2.2:5000".parse().unwrap(),
+            dscp: 46,
+        };
+        let a = flow_action(&spec, 7, 64).unwrap();
+        assert_eq!(&a.src[..4], &[198, 18, 1, 2]);
+        assert_eq!(a.src_port, 4000u16.to_be_bytes());
+        assert_eq!(&a.new_src[..4], &[198, 18, 2, 1]);
+        assert_eq!(a.new_dst_port, 5000u16.to_be_bytes());
+        assert_eq!(
+            (a.family, a.tos, a.ttl, a.flags, a.stats_slot),
+            (4, 184, 64, FLOW_RTP, 7)
+        );
+        assert_eq!(
+            flow_key(spec.local),
+            Some(FlowKey::v4([198, 18, 1, 1], 30000))
+        );
+        let mixed = FlowSpec {
+            egress_remote: "[2001:2::2]:5000".parse().unwrap(),
+            ..spec
+        };
+        assert_eq!(flow_action(&mixed, 0, 64), None);
+    }
+}
