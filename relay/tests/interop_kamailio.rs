@@ -20,7 +20,8 @@
 //! package) or `rtpproxy` (sippy/rtpproxy, the reference implementation, run from the `rtp-io`
 //! PyPI wheel by `tests/interop/rtpproxy_host.py`; set `SLUICE_INTEROP_PYTHON` to a python that
 //! has it). Other knobs: `SLUICE_INTEROP_KEEP=1` keeps the work directory (logs, configs) and
-//! `SLUICE_INTEROP_XDP` sets Sluice's `xdp.mode` (default "off").
+//! `SLUICE_INTEROP_XDP` sets Sluice's `xdp.mode` (default "auto", which picks generic XDP on
+//! these veths).
 //!
 //! Needs root (namespaces); skips otherwise, fails instead under `cargo xtask test` (CI). Needs
 //! `kamailio` and `sipp` (Debian `kamailio`, `sip-tester`; `cargo xtask setup` installs them).
@@ -118,7 +119,7 @@ struct RelayCommand {
 fn relay_command(kind: RelayKind, dir: &Path) -> RelayCommand {
     match kind {
         RelayKind::Sluice => {
-            let xdp = std::env::var("SLUICE_INTEROP_XDP").unwrap_or_else(|_| "off".into());
+            let xdp = std::env::var("SLUICE_INTEROP_XDP").unwrap_or_else(|_| "auto".into());
             let config = format!(
                 r#"# Written by relay/tests/interop_kamailio.rs
 [log]
@@ -137,6 +138,9 @@ listen = ["udp:{CONTROL}"]
 
 [xdp]
 mode = "{xdp}"
+# Media arrives on both veths of the relay namespace; forwarding is a namespace-local sysctl.
+interfaces = ["caller", "callee"]
+enable_forwarding = true
 "#
             );
             let path = dir.join("sluice.toml");
