@@ -287,18 +287,11 @@ pub fn start(
         status.fallback.push(why);
         return Ok((None, status));
     }
-    let mut fast_path = match FastPath::load(config.max_flows) {
-        Ok(f) => f,
-        Err(e) if !strict => {
-            status
-                .fallback
-                .push(format!("cannot load the XDP program: {e}"));
-            return Ok((None, status));
-        }
-        Err(e) => return Err(e),
-    };
     let need_v4 = addresses.iter().any(IpAddr::is_ipv4);
     let need_v6 = addresses.iter().any(IpAddr::is_ipv6);
+    // Decide per device first: loading (verifying) the program is only worth it when some
+    // device will run it, and a loopback-only relay should not need BPF privileges at all.
+    let mut plan = Vec::new();
     for name in devices {
         if config.enable_forwarding {
             for v6 in [false, true]
@@ -310,7 +303,7 @@ pub fn start(
                 }
             }
         }
-        let choice = match device::facts(&name) {
+        match device::facts(&name) {
             Ok(facts) => {
                 if (need_v4 && !facts.forwarding_v4) || (need_v6 && !facts.forwarding_v6) {
                     tracing::warn!(
@@ -319,26 +312,36 @@ pub fn start(
                          fail and every packet goes to userspace"
                     );
                 }
-                device::choose(config.mode, &facts, need_v4, need_v6)
+                match device::choose(config.mode, &facts, need_v4, need_v6) {
+                    device::Choice::Skip(why) => status.fallback.push(format!("{name}: {why}")),
+                    device::Choice::Attach { mode, why } => plan.push((name, mode, why)),
+                }
             }
-            Err(e) if !strict => {
-                status.fallback.push(format!("{name}: {e}"));
-                continue;
-            }
+            Err(e) if !strict => status.fallback.push(format!("{name}: {e}")),
             Err(source) => return Err(XdpError::Device { name, source }),
-        };
-        match choice {
-            device::Choice::Skip(why) => status.fallback.push(format!("{name}: {why}")),
-            device::Choice::Attach { mode, why } => {
-                if let Some(why) = why {
-                    tracing::info!(device = %name, %mode, "XDP mode: {why}");
-                }
-                match fast_path.attach(&name, mode) {
-                    Ok(_) => status.attached.push((name, mode)),
-                    Err(e) if !strict => status.fallback.push(e.to_string()),
-                    Err(e) => return Err(e),
-                }
-            }
+        }
+    }
+    if plan.is_empty() {
+        return Ok((None, status));
+    }
+    let mut fast_path = match FastPath::load(config.max_flows) {
+        Ok(f) => f,
+        Err(e) if !strict => {
+            status
+                .fallback
+                .push(format!("cannot load the XDP program: {e}"));
+            return Ok((None, status));
+        }
+        Err(e) => return Err(e),
+    };
+    for (name, mode, why) in plan {
+        if let Some(why) = why {
+            tracing::info!(device = %name, %mode, "XDP mode: {why}");
+        }
+        match fast_path.attach(&name, mode) {
+            Ok(_) => status.attached.push((name, mode)),
+            Err(e) if !strict => status.fallback.push(e.to_string()),
+            Err(e) => return Err(e),
         }
     }
     if status.attached.is_empty() {
