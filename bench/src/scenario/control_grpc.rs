@@ -15,7 +15,7 @@ use sluice_proto::v1::relay_client::RelayClient;
 use sluice_proto::v1::{AnswerRequest, DeleteRequest, MediaStream, OfferRequest};
 use tonic::transport::Channel;
 
-use super::control::{ControlLatency, ControlOptions, ControlResult};
+use super::control::{ControlLatency, ControlOptions, ControlResult, bursts};
 use crate::clock::thread_cpu_ns;
 use crate::meter::{Meter, TimerProbe};
 use crate::rtpp_client::{PipelineStats, random_u32};
@@ -23,6 +23,10 @@ use crate::stats::{LatencySummary, latency_histogram, record};
 
 /// HTTP/2 connections to the relay.
 const CONNECTIONS: usize = 4;
+/// Cycles slower than this are listed (time into the run, latency), as in the rtpproxy
+/// variant, to show whether the tail comes in bursts (stalls) or is spread out.
+const SLOW_CYCLE_NS: u64 = 2_000_000;
+const SLOW_LIST_MAX: usize = 2000;
 
 #[derive(Default)]
 struct Histograms {
@@ -34,6 +38,9 @@ struct Histograms {
     ok: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
+    /// (ms into the run, cycle latency us) of cycles slower than `SLOW_CYCLE_NS`.
+    slow: Vec<(f64, f64)>,
+    slow_count: u64,
 }
 
 impl Histograms {
@@ -65,6 +72,8 @@ impl Histograms {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.slow_count += other.slow_count;
+        self.slow.extend(other.slow);
     }
 
     fn summary(h: &Option<Histogram<u64>>) -> LatencySummary {
@@ -115,7 +124,7 @@ pub fn run(
     let deadline = o.duration.map(|d| t0 + d);
     let interval = o.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
     let limit = o.cycles;
-    let total = rt.block_on(async {
+    let mut total = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..o.concurrency.max(1) {
             let mut client = RelayClient::new(channels[i % channels.len()].clone());
@@ -186,7 +195,17 @@ pub fn run(
                     match failed {
                         None => {
                             h.ok += 1;
-                            record(h.cycle.as_mut().expect("set"), ns(start));
+                            let took = ns(start);
+                            record(h.cycle.as_mut().expect("set"), took);
+                            if took > SLOW_CYCLE_NS {
+                                h.slow_count += 1;
+                                if h.slow.len() < SLOW_LIST_MAX {
+                                    h.slow.push((
+                                        start.duration_since(t0).as_secs_f64() * 1e3,
+                                        took as f64 / 1e3,
+                                    ));
+                                }
+                            }
                             if interval.is_some() {
                                 record(h.sched.as_mut().expect("set"), ns(scheduled));
                             }
@@ -213,6 +232,11 @@ pub fn run(
     let usage = meter.finish();
     let timer_probe = probe.finish();
     let cycles_started = started.load(Relaxed).min(total.ok + total.failed);
+    // Each task listed its own slow cycles; in time order across tasks, as the rtpproxy
+    // variant reports them (the first SLOW_LIST_MAX by time).
+    total.slow.sort_by(|a, b| a.0.total_cmp(&b.0));
+    total.slow.truncate(SLOW_LIST_MAX);
+    let slow_times: Vec<f64> = total.slow.iter().map(|s| s.0).collect();
     Ok(ControlResult {
         cycles_started,
         cycles_ok: total.ok,
@@ -235,8 +259,8 @@ pub fn run(
         abandoned: 0,
         usage,
         timer_probe,
-        slow_cycle_count: 0,
-        slow_cycle_bursts: 0,
-        slow_cycles: Vec::new(),
+        slow_cycle_count: total.slow_count,
+        slow_cycle_bursts: bursts(&slow_times, 50.0),
+        slow_cycles: total.slow,
     })
 }

@@ -152,6 +152,8 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
+    // First, while this is the only thread.
+    presize_fd_table();
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .context("log filter")?;
@@ -183,6 +185,47 @@ fn run(config: Config) -> anyhow::Result<()> {
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Descriptor slots reserved before any thread starts (see [`presize_fd_table`]): 512 KiB of
+/// table, room for ~16,000 calls (four sockets each).
+const FD_TABLE_PRESIZE: libc::rlim_t = 65_536;
+
+/// Grows the file descriptor table now, while the process has a single thread. The kernel
+/// grows it by doubling as descriptors are opened (every media port is a socket), and in a
+/// multi-threaded process each growth waits for an RCU grace period (`synchronize_rcu` in
+/// `expand_files`): the session core, which opens the sockets, sat blocked in `socket()` for
+/// 14 ms, stalling every control request (seen with `perf record -e sched:sched_switch -g`
+/// early in a gRPC 5,000 cycles/s benchmark run, as the table grew). Tables never shrink, so
+/// doing it once is enough. Up to the current soft limit (the daemon may raise it later;
+/// growth beyond that is rare: it doubles each time).
+fn presize_fd_table() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a stack struct and on a descriptor this function owns. The
+    // duplicate takes the lowest free slot at or above `top` (nothing open is replaced) and
+    // is closed at once; only the table's size remains.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let Ok(top) = libc::c_int::try_from(limit.rlim_cur.min(FD_TABLE_PRESIZE).saturating_sub(1))
+        else {
+            return;
+        };
+        if top < 3 {
+            return;
+        }
+        for source in 0..=2 {
+            let fd = libc::fcntl(source, libc::F_DUPFD_CLOEXEC, top);
+            if fd >= 0 {
+                libc::close(fd);
+                return;
+            }
+        }
+    }
 }
 
 /// `--interface [NAME/]ADDR[!ADVERTISED]`.
