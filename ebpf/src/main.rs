@@ -303,11 +303,12 @@ fn route(
     vlan: Option<u16>,
 ) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
+    let ingress = ctx.ingress_ifindex() as u32;
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = u16::from_ne_bytes(flow.new_src_port);
     fib.dport = u16::from_ne_bytes(flow.new_dst_port);
-    fib.ifindex = ctx.ingress_ifindex() as u32;
+    fib.ifindex = ingress;
     if p.v6 {
         fib.family = AF_INET6;
         fib.__bindgen_anon_1.tot_len = p.ip_len + IPV6_HLEN as u16;
@@ -336,7 +337,6 @@ fn route(
             Stat::PassFibFailed
         });
     }
-    let ingress = ctx.ingress_ifindex() as u32;
     let egress = if fib.ifindex == ingress {
         if vlan.is_some() {
             // Untagged egress from a tagged ingress: the tag would have to go.
@@ -398,15 +398,9 @@ fn udp_checksum(
         let sum = csum::add32(csum::sub32(sum, p.ports), new_ports) + new_pseudo;
         return Ok(csum::udp_wire(csum::finish(sum)));
     }
-    let mut sum = csum::reopen(p.check);
-    if p.v6 {
-        sum = csum::add128(csum::sub128(sum, &p.src), &flow.new_src);
-        sum = csum::add128(csum::sub128(sum, &p.dst), &flow.new_dst);
-    } else {
-        sum = csum::add32(csum::sub32(sum, v4(&p.src)), v4(&flow.new_src));
-        sum = csum::add32(csum::sub32(sum, v4(&p.dst)), v4(&flow.new_dst));
-    }
-    sum = csum::add32(csum::sub32(sum, p.ports), new_ports);
+    // The old addresses and ports are the flow's key and latched source (just matched), so the
+    // daemon summed their change once per flow.
+    let sum = csum::reopen(p.check) + u64::from(flow.csum_delta);
     Ok(csum::udp_wire(csum::finish(sum)))
 }
 

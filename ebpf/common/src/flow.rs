@@ -78,7 +78,10 @@ pub struct FlowAction {
     /// TTL / hop limit of the packet as the relay sends it.
     pub ttl: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// One's-complement sum of what the rewrite changes in the UDP checksum (old addresses and
+    /// ports out, new ones in; see [`crate::csum::rewrite_delta`]), fixed per flow, so the
+    /// program's incremental update is one addition per packet.
+    pub csum_delta: u16,
     /// Index into [`FLOW_STATS_MAP`].
     pub stats_slot: u32,
 }

@@ -293,10 +293,28 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
     {
         return None;
     }
+    let ports = |a: SocketAddr, b: SocketAddr| {
+        let (a, b) = (a.port().to_be_bytes(), b.port().to_be_bytes());
+        [a[0], a[1], b[0], b[1]]
+    };
+    let (src, local) = (addr_bytes(spec.remote.ip()), addr_bytes(spec.local.ip()));
+    let (new_src, new_dst) = (
+        addr_bytes(spec.egress_local.ip()),
+        addr_bytes(spec.egress_remote.ip()),
+    );
+    let csum_delta = sluice_common::csum::rewrite_delta(
+        v6,
+        (&src, &local, ports(spec.remote, spec.local)),
+        (
+            &new_src,
+            &new_dst,
+            ports(spec.egress_local, spec.egress_remote),
+        ),
+    );
     Some(FlowAction {
-        src: addr_bytes(spec.remote.ip()),
-        new_src: addr_bytes(spec.egress_local.ip()),
-        new_dst: addr_bytes(spec.egress_remote.ip()),
+        src,
+        new_src,
+        new_dst,
         src_port: spec.remote.port().to_be_bytes(),
         new_src_port: spec.egress_local.port().to_be_bytes(),
         new_dst_port: spec.egress_remote.port().to_be_bytes(),
@@ -308,7 +326,7 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         } else {
             0
         },
-        _pad: [0; 2],
+        csum_delta,
         stats_slot: slot,
     })
 }
