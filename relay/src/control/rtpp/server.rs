@@ -229,14 +229,19 @@ async fn serve_datagrams(
                 .execute(request.command)
                 .await
                 .encode(Some(cookie.as_str()));
+            // Cached before it is sent: a client that retransmits the moment it has this reply
+            // must find it in the cache, not the command still marked in flight (which drops
+            // the retransmission unanswered).
+            {
+                let mut p = pending
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                p.in_flight.remove(&key);
+                p.cache.insert(key, reply.clone(), Instant::now());
+            }
             if let Err(e) = socket.send_to(reply.as_bytes(), &peer).await {
                 tracing::debug!(error = %e, "cannot send rtpproxy reply");
             }
-            let mut p = pending
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            p.in_flight.remove(&key);
-            p.cache.insert(key, reply, Instant::now());
         });
     }
 }
