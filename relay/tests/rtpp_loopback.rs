@@ -137,7 +137,16 @@ fn offer_answer_media_both_ways_rtcp_query_and_delete() {
         (&b"\x80\xc8\x00\x00sr"[..], lo(to_callee + 1))
     );
 
-    let q = relay.cmd("Q c1@h ft;1 tt;1");
+    // The worker counts a packet after sendmmsg returns, so the RTCP packet can reach the
+    // callee a moment before it is counted: give the counters that moment.
+    let mut q = relay.cmd("Q c1@h ft;1 tt;1");
+    for _ in 0..100 {
+        if q.split(' ').nth(3) == Some("41") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        q = relay.cmd("Q c1@h ft;1 tt;1");
+    }
     let fields: Vec<u64> = q.split(' ').map(|f| f.parse().unwrap()).collect();
     assert_eq!(
         fields[1..],
