@@ -1,9 +1,10 @@
-//! Project tasks: `cargo xtask setup | run | test`.
+//! Project tasks: `cargo xtask setup | run | test | package`.
 //!
 //! `run` and `test` are the README's two quick-start commands; both call `setup` first, which
 //! installs only what is missing (Debian packages, the nightly `rust-src` component, bpf-linker
-//! built against the system LLVM) and fails naming the piece it could not install.
+//! built against the system LLVM, cargo-deb) and fails naming the piece it could not install.
 
+mod package;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -27,11 +28,19 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up and run the whole test suite, privileged (root, namespace, XDP) tests included.
+    /// Set up and run the whole test suite, privileged (root, namespace, XDP) tests included,
+    /// then build the Debian package from the tested binaries and (as root) install, check and
+    /// purge it.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the release Debian package (target/debian/sluice_VERSION_ARCH.deb).
+    Package {
+        /// Then install it, check it and purge it again, as the test suite does (root).
+        #[arg(long)]
+        check: bool,
     },
 }
 
@@ -78,12 +87,30 @@ fn real_main() -> Result<()> {
                 cmd.push("--");
             }
             cargo(&cmd, &args, env)?;
-            if !root {
+            // The package of the binaries just tested (`cargo test` built them; no second,
+            // release build of the workspace in CI).
+            let deb = package::build(package::Build::ExistingDev)?;
+            if root {
+                package::check(&deb)?;
+            } else {
                 eprintln!(
-                    "xtask: warning: not root, so the namespace/XDP tests were skipped; \
-                     run `sudo -E cargo xtask test` (CI runs as root and skips nothing)"
+                    "xtask: warning: not root, so the namespace/XDP tests and the package \
+                     install check were skipped; run `sudo -E cargo xtask test` (CI runs as \
+                     root and skips nothing)"
                 );
             }
+            Ok(())
+        }
+        Task::Package { check } => {
+            setup::run()?;
+            let deb = package::build(package::Build::Release)?;
+            if check {
+                if !setup::is_root() {
+                    bail!("--check installs the package: run it as root");
+                }
+                package::check(&deb)?;
+            }
+            println!("{}", deb.display());
             Ok(())
         }
     }

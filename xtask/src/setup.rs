@@ -18,9 +18,31 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "interop test: SIP proxy with the stock rtpproxy module",
     ),
     ("sip-tester", "interop test: sipp, the SIP call generator"),
+    (
+        "rtpengine-daemon",
+        "bench: rtpengine, the reference relay of `sluice-bench compare`",
+    ),
+    (
+        "dpkg-dev",
+        "cargo-deb: dpkg-shlibdeps computes the package's library dependencies",
+    ),
+    (
+        "adduser",
+        "the Debian package depends on it (postinst creates the user)",
+    ),
+    (
+        "systemd",
+        "package test: `systemd-analyze verify` of the unit",
+    ),
+    (
+        "prometheus",
+        "metrics test: promtool checks rules and the /metrics output",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Builds the Debian package (`cargo xtask package`, and the package test).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 /// aya-build compiles the XDP program with `rustup run nightly`.
 const NIGHTLY: &str = "nightly";
@@ -30,6 +52,7 @@ pub fn run() -> Result<()> {
     stable_components()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_deb()?;
     Ok(())
 }
 
@@ -207,6 +230,39 @@ fn bpf_linker() -> Result<()> {
         bail!(
             "could not build bpf-linker with LLVM 22 ({LLVM_PREFIX}); see the cargo output above"
         );
+    }
+    Ok(())
+}
+
+fn cargo_deb() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // `cargo deb --version` prints "cargo-deb 3.8.0" (or fails when it is missing).
+    let installed = || {
+        Command::new(&cargo)
+            .args(["deb", "--version"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let wanted = format!("cargo-deb {CARGO_DEB_VERSION}");
+    if installed().as_deref() == Some(wanted.as_str()) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deb {CARGO_DEB_VERSION} (builds the Debian package)");
+    let status = Command::new(&cargo)
+        .args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            CARGO_DEB_VERSION,
+        ])
+        .status()
+        .context("cannot run cargo install")?;
+    if !status.success() || installed().as_deref() != Some(wanted.as_str()) {
+        bail!("could not install cargo-deb {CARGO_DEB_VERSION}; see the cargo output above");
     }
     Ok(())
 }
