@@ -7,14 +7,17 @@
 //! steady}` and `report`.
 pub mod clock;
 pub mod meter;
+pub mod ng_client;
 pub mod payload;
 pub mod privileged;
 pub mod procstat;
 pub mod relay;
 pub mod report;
+pub mod rtpengine;
 pub mod rtpp_client;
 pub mod run;
 pub mod scenario;
+pub mod signal;
 pub mod stats;
 pub mod sys;
 pub mod topo;

@@ -460,6 +460,53 @@ mod tests {
         );
     }
 
+    /// Recorded from Sluice (this repository's relay, userspace, quarantine 0) answering the
+    /// commands `cmd` builds, with an IPv4 interface and, for the `6` ones, also ::1.
+    #[test]
+    fn recorded_sluice_replies() {
+        let lo = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let body = |datagram: &[u8]| parse_reply(datagram).unwrap().1;
+        // V and VF.
+        let (c, b) = parse_reply(b"1804289383_0 20040107\n").unwrap();
+        assert_eq!(c, "1804289383_0");
+        assert_eq!(b, ReplyBody::Text(PROTOCOL_VERSION.into()));
+        assert_eq!(
+            body(b"1804289383_1 1\n"),
+            ReplyBody::Port {
+                port: 1,
+                addr: None
+            }
+        );
+        // Uc0,8 rec-1 127.0.0.1 40000 ft1;1 / Lc0 ... tt1;1 / D rec-1 ft1 tt1.
+        let u = body(b"1804289383_2 37768 127.0.0.1\n");
+        assert_eq!(
+            u.media_addr(lo).unwrap(),
+            "127.0.0.1:37768".parse().unwrap()
+        );
+        let l = body(b"1804289383_3 37856 127.0.0.1\n");
+        assert_eq!(
+            l.media_addr(lo).unwrap(),
+            "127.0.0.1:37856".parse().unwrap()
+        );
+        assert_eq!(body(b"1804289383_4 0\n").delete_ok(), Ok(()));
+        // L for an unknown call: port 0; D for an unknown call: E50.
+        assert_eq!(
+            body(b"1804289383_5 0\n").media_addr(lo),
+            Err(ReplyError::PortZero)
+        );
+        assert_eq!(
+            body(b"1804289383_6 E50\n").delete_ok(),
+            Err(ReplyError::Code(50))
+        );
+        // U6 on a relay without an IPv6 interface: E36; with ::1, the `6` form.
+        assert_eq!(body(b"1804289383_7 E36\n"), ReplyBody::Error(36));
+        let u6 = body(b"1804289383_0 37008 ::1 6\n");
+        assert_eq!(u6.media_addr(lo).unwrap(), "[::1]:37008".parse().unwrap());
+        // X (delete all): 0; an unknown command: E0.
+        assert_eq!(body(b"1804289383_8 0\n").delete_ok(), Ok(()));
+        assert_eq!(body(b"1804289383_9 E0\n"), ReplyBody::Error(0));
+    }
+
     #[test]
     fn error_replies() {
         let (c, b) = parse_reply(b"42_7 E50\n").unwrap();

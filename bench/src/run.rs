@@ -8,9 +8,11 @@ use clap::{Args, ValueEnum};
 
 use crate::relay::{self, Relay, RelayProcess, SpawnOptions};
 use crate::report::{Machine, RelayInfo, Report};
+use crate::rtpengine::{self, RtpengineOptions, RtpengineProcess};
 use crate::scenario::control::{self, ControlOptions};
 use crate::scenario::control_grpc;
 use crate::scenario::steady::{self, SteadyOptions};
+use crate::signal::Protocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -20,6 +22,9 @@ pub enum Target {
     SluiceGrpc,
     /// Any other relay speaking the rtpproxy protocol (e.g. sippy/rtpproxy); needs --connect.
     Rtpproxy,
+    /// rtpengine (Debian's rtpengine-daemon, userspace) over its ng protocol; started by the
+    /// harness unless --connect (--relay-bin: the rtpengine binary).
+    RtpengineNg,
     /// No relay: steady's endpoints send straight to each other (the generator's own floor).
     Direct,
 }
@@ -75,7 +80,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
 
-    /// Relay binary to start (default: `sluice` next to this executable).
+    /// Relay binary to start (default: `sluice` next to this executable; for rtpengine-ng,
+    /// `rtpengine` on PATH or /usr/bin/rtpengine).
     #[arg(long, value_name = "PATH")]
     pub relay_bin: Option<PathBuf>,
     /// Use a running relay at udp:127.0.0.1:PORT instead of starting one.
@@ -84,14 +90,15 @@ pub struct RunArgs {
     /// With --connect: the relay's pid, for CPU/memory/fd accounting.
     #[arg(long, value_name = "PID")]
     pub relay_pid: Option<u32>,
-    /// media.workers of the started relay (0 = one per core).
+    /// media.workers of the started relay (0 = one per core); rtpengine: --num-threads.
     #[arg(long, default_value_t = 0)]
     pub workers: u32,
     /// media.port_min-port_max of the started relay.
     #[arg(long, default_value = "20000-31999", value_parser = parse_range)]
     pub relay_ports: (u16, u16),
     /// media.quarantine of the started relay [default: 0s for control (at 20k cycles/s a 10 s
-    /// quarantine would need 400k port pairs), 10s for steady].
+    /// quarantine would need 400k port pairs), 10s for steady]. rtpengine: --delete-delay in
+    /// whole seconds [default 0, so its ports and fds are free at once after a delete].
     #[arg(long, value_parser = parse_duration)]
     pub quarantine: Option<Duration>,
     /// xdp.mode of the started relay (the userspace relay is measured with "off").
@@ -164,6 +171,13 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     // The relay inherits the limit: 4 sockets per call on each side.
     crate::sys::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let machine = Machine::probe();
+    let protocol = match a.target {
+        Target::RtpengineNg => Protocol::Ng,
+        _ => Protocol::Rtpp,
+    };
+    // rtpengine is not a `Relay::Spawned` (that is a sluice with its config); it lives here
+    // for the run and is reached like a connected relay.
+    let mut engine: Option<RtpengineProcess> = None;
     let relay = match (&a.connect, a.target) {
         (_, Target::Direct) => {
             if a.scenario != Scenario::Steady {
@@ -181,6 +195,24 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             pid: a.relay_pid,
         },
         (None, Target::Rtpproxy) => bail!("--target rtpproxy needs --connect udp:127.0.0.1:PORT"),
+        (None, Target::RtpengineNg) => {
+            let bin = match &a.relay_bin {
+                Some(b) => b.clone(),
+                None => rtpengine::find_bin()
+                    .unwrap_or_else(|| std::path::PathBuf::from(rtpengine::DEBIAN_BIN)),
+            };
+            let mut o = RtpengineOptions::loopback(bin, a.relay_ports.0, a.relay_ports.1);
+            o.threads = a.workers;
+            o.log_level = rtpengine::log_level(&a.relay_log_level);
+            o.delete_delay_s = a.quarantine.map_or(0, |q| q.as_secs() as u32);
+            let e = RtpengineProcess::spawn(&o, Duration::from_secs(15))?;
+            let r = Relay::Connected {
+                rtpp: e.ng,
+                pid: Some(e.pid()),
+            };
+            engine = Some(e);
+            r
+        }
         (None, Target::SluiceRtpp | Target::SluiceGrpc) => {
             let bin = match &a.relay_bin {
                 Some(b) => b.clone(),
@@ -207,11 +239,14 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     };
     if let Relay::Connected { rtpp, .. } = &relay
         && a.target != Target::Direct
-        && !crate::rtpp_client::probe_version(*rtpp, Duration::from_millis(500))
+        && !crate::signal::probe(protocol, *rtpp, Duration::from_millis(500))
     {
-        bail!("the relay at udp:{rtpp} does not answer V with 20040107");
+        match protocol {
+            Protocol::Rtpp => bail!("the relay at udp:{rtpp} does not answer V with 20040107"),
+            Protocol::Ng => bail!("the relay at udp:{rtpp} does not answer the ng ping"),
+        }
     }
-    let info = RelayInfo {
+    let mut info = RelayInfo {
         mode: match &relay {
             Relay::Spawned(_) => "spawned".into(),
             Relay::Connected { .. } => "connected".into(),
@@ -235,6 +270,12 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             Relay::Connected { .. } => None,
         },
     };
+    if let Some(e) = &engine {
+        info.mode = "spawned".into();
+        info.bin = Some(e.bin.display().to_string());
+        info.config = Some(e.command.clone());
+        info.build = e.version.clone();
+    }
     let progress = !a.quiet;
     let (control, steady) = match a.scenario {
         Scenario::Control => {
@@ -253,7 +294,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             };
             let result = match (a.target, relay.grpc()) {
                 (Target::SluiceGrpc, Some(grpc)) => control_grpc::run(grpc, relay.pid(), &o)?,
-                _ => control::run(relay.rtpp(), relay.pid(), &o)?,
+                _ => control::run(relay.rtpp(), protocol, relay.pid(), &o)?,
             };
             (Some(result), None)
         }
@@ -274,13 +315,26 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 phases: a.phases,
                 direct: a.target == Target::Direct,
             };
-            (None, Some(steady::run(relay.rtpp(), relay.pid(), &o)?))
+            (
+                None,
+                Some(steady::run(relay.rtpp(), protocol, relay.pid(), &o)?),
+            )
         }
     };
-    let relay_log_tail = match &relay {
-        Relay::Spawned(p) => Some(p.log_tail(20)),
-        Relay::Connected { .. } => None,
+    let relay_log_tail = match (&relay, &engine) {
+        (Relay::Spawned(p), _) => Some(p.log_tail(20)),
+        (Relay::Connected { .. }, Some(e)) => Some(e.log_tail(20)),
+        (Relay::Connected { .. }, None) => None,
     };
+    if let Some(e) = &mut engine
+        && !e.alive()
+    {
+        bail!(
+            "rtpengine exited during the run; its stderr:\n{}",
+            e.log_tail(30)
+        );
+    }
+    drop(engine);
     let mut relay = relay;
     if let Relay::Spawned(p) = &mut relay
         && !p.alive()
@@ -295,6 +349,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             Target::SluiceRtpp => "sluice-rtpp".into(),
             Target::SluiceGrpc => "sluice-grpc".into(),
             Target::Rtpproxy => "rtpproxy".into(),
+            Target::RtpengineNg => "rtpengine-ng".into(),
             Target::Direct => "direct (no relay)".into(),
         },
         date_utc: crate::report::date_utc(),

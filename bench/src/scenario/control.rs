@@ -8,8 +8,10 @@
 //! then the cycle latency is also measured from the *scheduled* start, so a stalled relay is
 //! not hidden by the generator waiting for it (coordinated omission).
 //!
-//! Per cycle: `Uc0,8 CALLID 127.0.0.1 40000 FROMTAG;1`, `Lc0 CALLID 127.0.0.1 40002 FROMTAG;1
-//! TOTAG;1`, `D CALLID FROMTAG TOTAG`. A failed U ends the cycle; after any other failure the
+//! Per cycle, in the rtpproxy protocol: `Uc0,8 CALLID 127.0.0.1 40000 FROMTAG;1`, `Lc0 CALLID
+//! 127.0.0.1 40002 FROMTAG;1 TOTAG;1`, `D CALLID FROMTAG TOTAG`; in rtpengine's ng protocol the
+//! same as offer (caller SDP on port 40000), answer (callee SDP on 40002) and delete (both
+//! tags), see [`crate::signal`]. A refused offer ends the cycle; after any other failure the
 //! delete is still sent so the relay does not keep the session.
 
 use std::collections::BTreeMap;
@@ -22,8 +24,9 @@ use serde::Serialize;
 
 use crate::clock::{now_ns, thread_cpu_ns};
 use crate::meter::{Meter, TimerProbe, WindowUsage};
-use crate::rtpp_client::{Completion, Pipeline, PipelineStats, ReplyError, cmd, random_u32};
+use crate::rtpp_client::{PipelineStats, random_u32};
 use crate::scenario::Progress;
+use crate::signal::{CallIds, Completion, Protocol, Req, SignalError, Signalling};
 use crate::stats::{LatencySummary, latency_histogram, record};
 
 #[derive(Debug, Clone)]
@@ -151,7 +154,7 @@ impl Run {
         )
     }
 
-    fn error(&mut self, cmd: &str, e: &ReplyError) {
+    fn error(&mut self, cmd: &str, e: &SignalError) {
         *self
             .errors
             .entry(format!("{cmd}:{}", e.label()))
@@ -159,10 +162,15 @@ impl Run {
     }
 
     /// Handles a completion for `slot`; may submit the slot's next command.
-    fn on_completion(&mut self, p: &mut Pipeline, slot: &mut Slot, c: Completion, rate: bool) {
+    fn on_completion(&mut self, p: &mut Signalling, slot: &mut Slot, c: Completion, rate: bool) {
         self.retries += c.retries as u64;
         let tag = c.tag;
         let (call, from, to) = self.ids(slot.cycle);
+        let ids = CallIds {
+            call_id: &call,
+            from_tag: &from,
+            to_tag: &to,
+        };
         match slot.phase {
             Phase::Offer => {
                 let outcome = c.result.and_then(|b| b.media_addr(self.media_ip));
@@ -171,19 +179,19 @@ impl Run {
                     Err(e) => {
                         self.error("U", &e);
                         slot.failed = true;
-                        if let ReplyError::Code(_) = e {
+                        if e.refused() {
                             // The relay refused: there is no session to delete.
                             self.failed += 1;
                             slot.phase = Phase::Idle;
                             return;
                         }
                         slot.phase = Phase::Delete;
-                        p.submit(tag, &cmd::delete(&call, &from, &to));
+                        p.submit(tag, Req::Delete(ids));
                         return;
                     }
                 }
                 slot.phase = Phase::Answer;
-                p.submit(tag, &cmd::answer(&call, self.media_ip, 40002, &from, &to));
+                p.submit(tag, Req::Answer(ids, SocketAddr::new(self.media_ip, 40002)));
             }
             Phase::Answer => {
                 match c.result.and_then(|b| b.media_addr(self.media_ip)) {
@@ -194,7 +202,7 @@ impl Run {
                     }
                 }
                 slot.phase = Phase::Delete;
-                p.submit(tag, &cmd::delete(&call, &from, &to));
+                p.submit(tag, Req::Delete(ids));
             }
             Phase::Delete => {
                 match c.result.and_then(|b| b.delete_ok()) {
@@ -231,15 +239,16 @@ impl Run {
     }
 }
 
-/// Runs the scenario against the rtpproxy listener at `relay`.
+/// Runs the scenario against the control listener at `relay`, speaking `protocol`.
 pub fn run(
     relay: SocketAddr,
+    protocol: Protocol,
     relay_pid: Option<u32>,
     o: &ControlOptions,
 ) -> io::Result<ControlResult> {
     o.check()?;
     crate::clock::tight_timer_slack();
-    let mut p = Pipeline::connect(relay, o.timeout, o.tries)?;
+    let mut p = Signalling::connect(protocol, relay, o.timeout, o.tries)?;
     let media_ip = if relay.is_ipv4() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
@@ -322,8 +331,13 @@ pub fn run(
                     scheduled_ns: scheduled,
                     failed: false,
                 };
-                let (call, from, _) = run.ids(started);
-                p.submit(s as u64, &cmd::offer(&call, media_ip, 40000, &from));
+                let (call, from, to) = run.ids(started);
+                let ids = CallIds {
+                    call_id: &call,
+                    from_tag: &from,
+                    to_tag: &to,
+                };
+                p.submit(s as u64, Req::Offer(ids, SocketAddr::new(media_ip, 40000)));
                 started += 1;
             }
         } else if p.in_flight() == 0 {
@@ -369,7 +383,7 @@ pub fn run(
         cycles_failed: run.failed,
         elapsed_s,
         cycles_per_s: run.ok as f64 / elapsed_s,
-        commands_per_s: p.stats.requests as f64 / elapsed_s,
+        commands_per_s: p.stats().requests as f64 / elapsed_s,
         latency: ControlLatency {
             offer: LatencySummary::of(&run.h_offer),
             answer: LatencySummary::of(&run.h_answer),
@@ -379,7 +393,7 @@ pub fn run(
         },
         errors: run.errors,
         retries: run.retries,
-        client: p.stats,
+        client: p.stats(),
         client_thread_cpu_percent: 100.0 * cpu as f64 / (end - t0) as f64,
         max_start_delay_us: interval_ns.map(|_| max_start_delay as f64 / 1000.0),
         abandoned,

@@ -3,9 +3,11 @@
 //!
 //! Each call has two endpoints on 127.0.0.1, caller and callee, each an RTP socket on an even
 //! port and an RTCP socket on the next one (so the SDP address + 1 convention holds). The call
-//! is set up with `U` (caller's address; the reply is where the callee sends) and `L` (callee's
-//! address; the reply is where the caller sends) at `ramp` calls per second, and its media
-//! starts as soon as both replies are in.
+//! is set up with an offer (`U`: caller's address; the reply is where the callee sends) and an
+//! answer (`L`: callee's address; the reply is where the caller sends) at `ramp` calls per
+//! second, in the relay's protocol ([`crate::signal`]: rtpproxy or rtpengine ng), and its media
+//! starts as soon as both replies are in. RTCP goes to the reply's RTCP port: RTP + 1 for
+//! rtpproxy, the SDP's a=rtcp (else RTP + 1) for ng.
 //!
 //! Threads: the main thread signals and measures; `send_threads` senders, each owning a share
 //! of the calls, wake `phases` times per packet period (every 1 ms at 50 pps by default) on an
@@ -38,10 +40,12 @@ use serde::Serialize;
 
 use crate::clock::{now_ns, sleep_until_ns, tight_timer_slack};
 use crate::meter::{Meter, WindowUsage};
+use crate::ng_client::MediaAddrs;
 use crate::payload::{self, RtpPacket, Stamp};
 use crate::procstat::{self, MemFd};
-use crate::rtpp_client::{Completion, Pipeline, PipelineStats, ReplyError, cmd, random_u32};
+use crate::rtpp_client::{PipelineStats, random_u32};
 use crate::scenario::Progress;
+use crate::signal::{CallIds, Completion, Protocol, Req, SignalError, Signalling};
 use crate::stats::{DirectionTotals, LatencySummary, StreamRx, latency_histogram, record};
 use crate::sys::{self, Epoll};
 
@@ -132,11 +136,14 @@ struct CallSockets {
     callee: Endpoint,
 }
 
-/// Where each side sends: the caller to the L reply, the callee to the U reply.
+/// Where each side sends: the caller to the L reply, the callee to the U reply (RTP, and
+/// RTCP on the `_rtcp` address).
 #[derive(Debug, Clone, Copy)]
 struct Route {
     caller_to: SocketAddrV4,
     callee_to: SocketAddrV4,
+    caller_to_rtcp: SocketAddrV4,
+    callee_to_rtcp: SocketAddrV4,
 }
 
 fn rtcp_of(a: SocketAddrV4) -> SocketAddrV4 {
@@ -268,10 +275,10 @@ fn sender(
         for ac in &mut buckets[phase] {
             let sockets = &calls[ac.call];
             for (dir, rtcp_count) in rtcp_sent.iter_mut().enumerate() {
-                let (from, to) = if dir == 0 {
-                    (&sockets.caller, ac.route.caller_to)
+                let (from, to, to_rtcp) = if dir == 0 {
+                    (&sockets.caller, ac.route.caller_to, ac.route.caller_to_rtcp)
                 } else {
-                    (&sockets.callee, ac.route.callee_to)
+                    (&sockets.callee, ac.route.callee_to, ac.route.callee_to_rtcp)
                 };
                 let pkt = &mut ac.packets[dir];
                 let count = pkt.count();
@@ -292,7 +299,7 @@ fn sender(
                         pkt.count() as u32,
                         (pkt.count() * payload::PAYLOAD_LEN as u64) as u32,
                     );
-                    match sys::send_to_v4(from.rtcp.as_raw_fd(), &sr, rtcp_of(to)) {
+                    match sys::send_to_v4(from.rtcp.as_raw_fd(), &sr, to_rtcp) {
                         Ok(true) => *rtcp_count += 1,
                         _ => send_errors += 1,
                     }
@@ -394,11 +401,11 @@ fn receiver(
             let expected_from = routes[call].get().map(|r| {
                 // Direction 0 reaches the callee from where the callee sends to (the relay's
                 // U port), and the other way round; in direct mode that is the peer.
-                let relay_side = if dir == 0 { r.callee_to } else { r.caller_to };
-                if kind & 1 == 1 {
-                    rtcp_of(relay_side)
-                } else {
-                    relay_side
+                match (dir == 0, kind & 1 == 1) {
+                    (true, false) => r.callee_to,
+                    (true, true) => r.callee_to_rtcp,
+                    (false, false) => r.caller_to,
+                    (false, true) => r.caller_to_rtcp,
                 }
             });
             if expected_from.is_some_and(|e| e != from) {
@@ -447,8 +454,8 @@ fn receiver(
 
 /// Runs commands with up to `in_flight` outstanding; returns the completions in tag order.
 fn run_commands(
-    p: &mut Pipeline,
-    commands: &[String],
+    p: &mut Signalling,
+    commands: &[Req<'_>],
     in_flight: usize,
 ) -> io::Result<Vec<Completion>> {
     let mut done = Vec::with_capacity(commands.len());
@@ -460,7 +467,7 @@ fn run_commands(
         + commands.len() as u64 * 10_000_000;
     while done.len() < commands.len() && now_ns() < hard_stop {
         while next < commands.len() && p.in_flight() < in_flight {
-            p.submit(next as u64, &commands[next]);
+            p.submit(next as u64, commands[next]);
             next += 1;
         }
         out.clear();
@@ -471,14 +478,15 @@ fn run_commands(
     Ok(done)
 }
 
-fn add_error(map: &mut BTreeMap<String, u64>, cmd: &str, e: &ReplyError) {
+fn add_error(map: &mut BTreeMap<String, u64>, cmd: &str, e: &SignalError) {
     *map.entry(format!("{cmd}:{}", e.label())).or_default() += 1;
 }
 
-/// Runs the scenario against the rtpproxy listener at `relay` (IPv4 loopback); with
-/// `o.direct`, `relay` is only checked, never contacted.
+/// Runs the scenario against the control listener at `relay` (IPv4 loopback), speaking
+/// `protocol`; with `o.direct`, `relay` is only checked, never contacted.
 pub fn run(
     relay: SocketAddr,
+    protocol: Protocol,
     relay_pid: Option<u32>,
     o: &SteadyOptions,
 ) -> anyhow::Result<SteadyResult> {
@@ -543,7 +551,7 @@ pub fn run(
 
     // Ramp: set up the calls.
     tight_timer_slack();
-    let mut p = Pipeline::connect(relay, o.timeout, o.tries)?;
+    let mut p = Signalling::connect(protocol, relay, o.timeout, o.tries)?;
     let run_id = random_u32();
     let ids = |i: usize| {
         (
@@ -561,10 +569,14 @@ pub fn run(
     let mut progress = Progress::new(o.progress, 2_000_000_000);
     let ramp_iv = (1e9 / o.ramp.max(1e-3)) as u64;
     let t_ramp = now_ns();
-    let as_v4 = |a: SocketAddr| -> Result<SocketAddrV4, ReplyError> {
-        match a {
-            SocketAddr::V4(v4) if v4.ip().is_loopback() => Ok(v4),
-            other => Err(ReplyError::Unexpected(format!(
+    let as_v4 = |m: MediaAddrs| -> Result<(SocketAddrV4, SocketAddrV4), SignalError> {
+        match (m.rtp, m.rtcp) {
+            (SocketAddr::V4(rtp), SocketAddr::V4(rtcp))
+                if rtp.ip().is_loopback() && rtcp.ip().is_loopback() =>
+            {
+                Ok((rtp, rtcp))
+            }
+            (other, _) => Err(SignalError::Unusable(format!(
                 "non-loopback or IPv6 media address {other}"
             ))),
         }
@@ -576,6 +588,8 @@ pub fn run(
             let route = Route {
                 caller_to: at(calls[i].callee.port),
                 callee_to: at(calls[i].caller.port),
+                caller_to_rtcp: rtcp_of(at(calls[i].callee.port)),
+                callee_to_rtcp: rtcp_of(at(calls[i].caller.port)),
             };
             let _ = routes[i].set(route);
             up[i] = true;
@@ -583,34 +597,45 @@ pub fn run(
             continue;
         }
         let (call, from, to) = ids(i);
-        let c = p.call(&cmd::offer(&call, local, calls[i].caller.port, &from))?;
-        setup_retries += c.retries as u64;
-        let callee_to = match c.result.and_then(|b| b.media_addr(local)).and_then(as_v4) {
-            Ok(a) => {
-                record(&mut h_offer, c.latency_ns);
-                a
-            }
-            Err(e) => {
-                add_error(&mut setup_errors, "U", &e);
-                continue;
-            }
+        let call_ids = CallIds {
+            call_id: &call,
+            from_tag: &from,
+            to_tag: &to,
         };
-        let c = p.call(&cmd::answer(&call, local, calls[i].callee.port, &from, &to))?;
+        let caller_media = SocketAddr::new(local, calls[i].caller.port);
+        let c = p.call(Req::Offer(call_ids, caller_media))?;
         setup_retries += c.retries as u64;
-        let caller_to = match c.result.and_then(|b| b.media_addr(local)).and_then(as_v4) {
-            Ok(a) => {
-                record(&mut h_answer, c.latency_ns);
-                a
-            }
-            Err(e) => {
-                add_error(&mut setup_errors, "L", &e);
-                let _ = p.call(&cmd::delete(&call, &from, &to));
-                continue;
-            }
-        };
+        let (callee_to, callee_to_rtcp) =
+            match c.result.and_then(|b| b.media(local)).and_then(as_v4) {
+                Ok(a) => {
+                    record(&mut h_offer, c.latency_ns);
+                    a
+                }
+                Err(e) => {
+                    add_error(&mut setup_errors, "U", &e);
+                    continue;
+                }
+            };
+        let callee_media = SocketAddr::new(local, calls[i].callee.port);
+        let c = p.call(Req::Answer(call_ids, callee_media))?;
+        setup_retries += c.retries as u64;
+        let (caller_to, caller_to_rtcp) =
+            match c.result.and_then(|b| b.media(local)).and_then(as_v4) {
+                Ok(a) => {
+                    record(&mut h_answer, c.latency_ns);
+                    a
+                }
+                Err(e) => {
+                    add_error(&mut setup_errors, "L", &e);
+                    let _ = p.call(Req::Delete(call_ids));
+                    continue;
+                }
+            };
         let route = Route {
             caller_to,
             callee_to,
+            caller_to_rtcp,
+            callee_to_rtcp,
         };
         let _ = routes[i].set(route);
         up[i] = true;
@@ -671,11 +696,16 @@ pub fn run(
 
     // Teardown.
     let t_down = now_ns();
-    let deletes: Vec<String> = (0..n)
-        .filter(|&i| up[i] && !o.direct)
-        .map(|i| {
-            let (call, from, to) = ids(i);
-            cmd::delete(&call, &from, &to)
+    let delete_ids: Vec<(String, String, String)> =
+        (0..n).filter(|&i| up[i] && !o.direct).map(ids).collect();
+    let deletes: Vec<Req<'_>> = delete_ids
+        .iter()
+        .map(|(call, from, to)| {
+            Req::Delete(CallIds {
+                call_id: call,
+                from_tag: from,
+                to_tag: to,
+            })
         })
         .collect();
     let mut teardown_errors = BTreeMap::new();
@@ -769,7 +799,7 @@ pub fn run(
         relay_after_teardown,
         teardown_errors,
         teardown_s,
-        control_client: p.stats,
+        control_client: p.stats(),
         sender: SenderHealth {
             wake_lateness: LatencySummary::of(&lateness),
             skipped_ticks,
