@@ -2,6 +2,7 @@
 //! config), attach it to the media devices in the mode [`device::choose`] picks, install and
 //! remove flows ([`flows::FlowTable`]), read its counters.
 
+pub mod aux_prog;
 pub mod device;
 pub mod flows;
 pub mod merge;
@@ -205,6 +206,11 @@ impl FastPath {
             .ok_or(XdpError::MissingProgram(XDP_PROGRAM))?
             .try_into()
             .map_err(XdpError::Program)
+    }
+
+    /// The kernel's id of the loaded program (bpftool, bpf stats).
+    pub fn program_id(&self) -> Result<u32, XdpError> {
+        Ok(self.program()?.info()?.id())
     }
 
     /// Global verdict/reason counters, summed over CPUs.
