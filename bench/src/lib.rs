@@ -6,6 +6,7 @@
 //! memory and fds from /proc), `relay` (starting the relay under test), `scenario::{control,
 //! steady}` and `report`.
 pub mod clock;
+pub mod kernel;
 pub mod meter;
 pub mod payload;
 pub mod privileged;
@@ -17,4 +18,5 @@ pub mod run;
 pub mod scenario;
 pub mod stats;
 pub mod sys;
+pub mod testbed;
 pub mod topo;

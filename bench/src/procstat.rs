@@ -191,6 +191,33 @@ pub fn ksoftirqd_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Pids of kernel threads (kthreadd and its children: ksoftirqd, kworkers, threaded NAPI...).
+pub fn kthread_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            pid == 2
+                || fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| parent_pid(&s))
+                    == Some(2)
+        })
+        .collect()
+}
+
+/// The parent pid (field 4) of a /proc/.../stat line.
+pub fn parent_pid(line: &str) -> Option<u32> {
+    let close = line.rfind(')')?;
+    line.get(close + 1..)?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// utime + stime of `pids` in ticks (processes that vanished count 0).
 pub fn ticks_of(pids: &[u32]) -> u64 {
     pids.iter()
