@@ -76,7 +76,8 @@ impl Daemon {
         let metrics = Metrics::new()?;
         let metrics_listener = bind("metrics", config.metrics.listen).await?;
         let grpc_listener = bind("gRPC", config.grpc.listen).await?;
-        let grpc_security = grpc::Security::from_config(&config.grpc)?;
+        let grpc_security =
+            grpc::Security::from_config(&config.grpc)?.with_metrics(metrics.control().clone());
         let metrics_addr = local_addr("metrics", &metrics_listener, config.metrics.listen)?;
         let grpc_addr = local_addr("gRPC", &grpc_listener, config.grpc.listen)?;
         let mut rtpp_listeners = Vec::new();
@@ -107,7 +108,10 @@ impl Daemon {
             Core::start(table_config, opener, fast_path).map_err(DaemonError::Datapath)?;
         let notify_socket = (!config.rtpproxy.notify_socket.is_empty())
             .then(|| config.rtpproxy.notify_socket.clone());
-        let rtpp = Arc::new(Handler::new(handle.clone(), latch, notify_socket.clone()));
+        let rtpp = Arc::new(
+            Handler::new(handle.clone(), latch, notify_socket.clone())
+                .with_metrics(metrics.control().clone()),
+        );
         let acl = Arc::new(Acl::new(config.rtpproxy.allow.clone()));
         let rtpp_addrs: Vec<String> = rtpp_listeners
             .iter()
@@ -146,6 +150,9 @@ impl Daemon {
             });
         }
         let metrics_stop = until_stopped();
+        let grpc_service = RelayService::new(handle.clone(), started, latch, stop.subscribe())
+            .with_metrics(metrics.control().clone());
+        let metrics = metrics.with_core(handle.clone());
         tasks.spawn(async move {
             metrics
                 .serve(metrics_listener, metrics_stop)
@@ -153,7 +160,6 @@ impl Daemon {
                 .map_err(DaemonError::MetricsServe)
         });
         let grpc_stop = until_stopped();
-        let grpc_service = RelayService::new(handle.clone(), started, latch, stop.subscribe());
         tasks.spawn(async move {
             grpc::serve(grpc_listener, grpc_service, grpc_security, grpc_stop)
                 .await

@@ -8,7 +8,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::datapath::user::{Datapath, DatapathTotals, SocketOpener, WorkerEvent};
-use crate::datapath::xdp::FastPath;
+use crate::datapath::xdp::{FastPath, XdpSnapshot};
 use crate::ports::PoolUsage;
 use crate::session::table::TableCounters;
 use crate::session::{
@@ -24,6 +24,8 @@ pub struct CoreStats {
     pub streams: usize,
     pub ports: Vec<(String, PoolUsage)>,
     pub datapath: DatapathTotals,
+    /// Only from [`CoreHandle::snapshot`], and only while the XDP fast path runs.
+    pub xdp: Option<XdpSnapshot>,
 }
 
 enum Request {
@@ -46,7 +48,11 @@ enum Request {
         reply: oneshot::Sender<(Vec<SessionInfo>, bool)>,
     },
     DeleteAll(oneshot::Sender<usize>),
-    Stats(oneshot::Sender<CoreStats>),
+    Stats {
+        /// Also read the XDP program's counters (system calls; metrics scrapes only).
+        xdp: bool,
+        reply: oneshot::Sender<CoreStats>,
+    },
     /// Stop even while front ends still hold handles (a client connection lingering during
     /// shutdown must not keep the relay alive); they get `Unavailable` afterwards.
     Shutdown,
@@ -107,7 +113,13 @@ impl CoreHandle {
     }
 
     pub async fn stats(&self) -> Result<CoreStats, CoreError> {
-        self.call(Request::Stats).await
+        self.call(|reply| Request::Stats { xdp: false, reply })
+            .await
+    }
+
+    /// [`CoreHandle::stats`] plus the XDP fast path's counters, for metrics.
+    pub async fn snapshot(&self) -> Result<CoreStats, CoreError> {
+        self.call(|reply| Request::Stats { xdp: true, reply }).await
     }
 
     /// Session events (created, answered, latched, ended). Slow subscribers may miss some
@@ -294,13 +306,18 @@ impl CoreLoop {
                 let _ = reply.send(n);
             }
             Request::Shutdown => {}
-            Request::Stats(reply) => {
+            Request::Stats { xdp, reply } => {
                 let _ = reply.send(CoreStats {
                     counters: self.table.counters(),
                     sessions: self.table.session_count(),
                     streams: self.table.stream_count(),
                     ports: self.table.port_usage(now),
                     datapath: self.datapath.totals(),
+                    xdp: self
+                        .fast_path
+                        .as_ref()
+                        .filter(|_| xdp)
+                        .map(FastPath::snapshot),
                 });
             }
         }

@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use crate::rtp::RtpStatsSnapshot;
+
 /// Per leg: what arrived from the leg's remote endpoint and what was sent to it.
 #[derive(Debug, Default)]
 pub struct LegCounters {
@@ -145,5 +147,148 @@ impl LegCounters {
     #[inline]
     pub fn bump(counter: &AtomicU64, by: u64) {
         counter.store(counter.load(Relaxed).wrapping_add(by), Relaxed);
+    }
+}
+
+/// Turns one direction's RFC 3550 numbers into additions to monotonic totals. The per-source
+/// numbers are not counters: they restart with a new source (SSRC change, sequence restart,
+/// a zeroed kernel slot), and `lost` shrinks when a late packet arrives. Only growth beyond
+/// what was already counted is added, so a late packet followed by a real loss is not counted
+/// twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LossAccount {
+    expected: u64,
+    lost: i64,
+    ssrc_changes: u64,
+}
+
+impl LossAccount {
+    /// Feeds the source's current `expected` and `lost` (`ssrc_changes` cumulative, or 0 where
+    /// unknown); returns `(expected, lost)` to add to the totals.
+    pub fn update(&mut self, expected: u64, lost: i64, ssrc_changes: u64) -> (u64, u64) {
+        if expected < self.expected || ssrc_changes != self.ssrc_changes {
+            // A new source or sequence: its numbers start from zero.
+            self.expected = 0;
+            self.lost = 0;
+            self.ssrc_changes = ssrc_changes;
+        }
+        let more_expected = expected - self.expected;
+        self.expected = expected;
+        let more_lost = if lost > self.lost {
+            let d = lost - self.lost;
+            self.lost = lost;
+            d.unsigned_abs()
+        } else {
+            0
+        };
+        (more_expected, more_lost)
+    }
+
+    /// [`LossAccount::update`] from a userspace snapshot.
+    pub fn update_from(&mut self, s: &RtpStatsSnapshot) -> (u64, u64) {
+        self.update(s.expected, s.lost, s.ssrc_changes)
+    }
+}
+
+/// Upper bounds of the jitter histogram buckets, in microseconds (the exported histogram is in
+/// seconds). From well below a packet interval to far beyond what a jitter buffer hides.
+pub const JITTER_BUCKETS_US: [u64; 10] = [
+    500, 1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 50_000, 100_000, 200_000,
+];
+
+/// A histogram of per-leg jitter samples with one writer (a datapath worker) and readers at
+/// scrape time. Buckets are not cumulative here (the last one is +Inf); readers cumulate.
+#[derive(Debug, Default)]
+pub struct JitterHistogram {
+    pub buckets: [AtomicU64; JITTER_BUCKETS_US.len() + 1],
+    pub sum_us: AtomicU64,
+}
+
+impl JitterHistogram {
+    /// Single-writer: see [`LegCounters::bump`].
+    pub fn observe(&self, jitter_us: u64) {
+        let i = JITTER_BUCKETS_US
+            .iter()
+            .position(|&bound| jitter_us <= bound)
+            .unwrap_or(JITTER_BUCKETS_US.len());
+        LegCounters::bump(&self.buckets[i], 1);
+        LegCounters::bump(&self.sum_us, jitter_us);
+    }
+
+    pub fn snapshot(&self) -> JitterSnapshot {
+        JitterSnapshot {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
+            sum_us: self.sum_us.load(Relaxed),
+        }
+    }
+}
+
+/// A plain copy of a [`JitterHistogram`] (per-bucket counts, not cumulative).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitterSnapshot {
+    pub buckets: [u64; JITTER_BUCKETS_US.len() + 1],
+    pub sum_us: u64,
+}
+
+impl JitterSnapshot {
+    pub fn add(&mut self, other: &JitterSnapshot) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_us += other.sum_us;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_counts_only_growth_and_survives_late_packets() {
+        let mut a = LossAccount::default();
+        assert_eq!(a.update(10, 2, 0), (10, 2));
+        // A late packet: lost shrinks, nothing is taken back.
+        assert_eq!(a.update(10, 1, 0), (0, 0));
+        // Another loss brings it back to 2: already counted.
+        assert_eq!(a.update(12, 2, 0), (2, 0));
+        assert_eq!(a.update(20, 5, 0), (8, 3));
+        // Duplicates make lost negative: no addition.
+        assert_eq!(a.update(21, -1, 0), (1, 0));
+    }
+
+    #[test]
+    fn a_new_source_starts_from_zero() {
+        let mut a = LossAccount::default();
+        assert_eq!(a.update(100, 4, 0), (100, 4));
+        // Sequence restart: expected falls back.
+        assert_eq!(a.update(3, 0, 0), (3, 0));
+        assert_eq!(a.update(50, 1, 0), (47, 1));
+        // SSRC change even though the new source's numbers look larger.
+        assert_eq!(a.update(60, 2, 1), (60, 2));
+        // Probation of a new source reports zeros.
+        assert_eq!(a.update(0, 0, 2), (0, 0));
+        assert_eq!(a.update(5, 0, 2), (5, 0));
+    }
+
+    #[test]
+    fn jitter_histogram_buckets_by_upper_bound() {
+        let h = JitterHistogram::default();
+        for us in [0, 500, 501, 20_000, 1_000_000] {
+            h.observe(us);
+        }
+        let s = h.snapshot();
+        assert_eq!(s.buckets[0], 2, "0 and 500 (inclusive bound)");
+        assert_eq!(s.buckets[1], 1);
+        assert_eq!(s.buckets[5], 1, "20 ms");
+        assert_eq!(s.buckets[JITTER_BUCKETS_US.len()], 1, "+Inf");
+        assert_eq!(s.count(), 5);
+        assert_eq!(s.sum_us, 1_021_001);
+        let mut total = s;
+        total.add(&s);
+        assert_eq!(total.count(), 10);
     }
 }

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use tonic::{Request, Status};
 
+use crate::metrics::{ControlMetrics, Protocol, Rejection};
+
 /// Idle clients forgotten once the table holds this many (bounds memory under a scan).
 const MAX_TRACKED_CLIENTS: usize = 10_000;
 
@@ -15,6 +17,7 @@ const MAX_TRACKED_CLIENTS: usize = 10_000;
 pub struct Gate {
     token: Option<Arc<str>>,
     limiter: Option<Arc<RateLimiter>>,
+    metrics: ControlMetrics,
 }
 
 impl Gate {
@@ -23,7 +26,14 @@ impl Gate {
             token: token.map(Arc::from),
             limiter: (requests_per_second > 0)
                 .then(|| Arc::new(RateLimiter::new(requests_per_second))),
+            metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Counts rejections into `metrics` (the daemon's registered set).
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> Gate {
+        self.metrics = metrics;
+        self
     }
 
     pub fn check<T>(&self, request: &Request<T>) -> Result<(), Status> {
@@ -34,6 +44,8 @@ impl Gate {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+                self.metrics
+                    .rejected(Protocol::Grpc, Rejection::Unauthenticated);
                 return Err(Status::unauthenticated("missing or invalid bearer token"));
             }
         }
@@ -42,6 +54,8 @@ impl Gate {
                 .remote_addr()
                 .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
             if !limiter.allow(client, Instant::now()) {
+                self.metrics
+                    .rejected(Protocol::Grpc, Rejection::RateLimited);
                 return Err(Status::resource_exhausted(format!(
                     "rate limit: {} requests per second per client",
                     limiter.rate

@@ -44,6 +44,12 @@ pub struct Security {
 }
 
 impl Security {
+    /// Counts rejected calls into `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::ControlMetrics) -> Security {
+        self.gate = self.gate.with_metrics(metrics);
+        self
+    }
+
     /// Reads the certificate, key, CA and token files the config names.
     pub fn from_config(config: &GrpcConfig) -> Result<Security, GrpcError> {
         let read = |what: &'static str, path: &PathBuf| {

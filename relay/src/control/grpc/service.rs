@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, StreamSpec};
 use crate::control::core::CoreHandle;
-use crate::metrics::VERSION;
+use crate::metrics::{ControlMetrics, Outcome, Protocol, VERSION};
 use crate::session::latch::LatchPolicy;
 use crate::session::{LegOptions, SessionFilter, SessionOptions, UpdateKind, UpdateRequest};
 
@@ -27,6 +27,7 @@ pub struct RelayService {
     /// Turns true when the daemon shuts down: Watch streams end (UNAVAILABLE) so the server
     /// can drain.
     shutdown: watch::Receiver<bool>,
+    metrics: ControlMetrics,
 }
 
 impl RelayService {
@@ -41,7 +42,31 @@ impl RelayService {
             started,
             latch,
             shutdown,
+            metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Records calls into `metrics` (the daemon's registered set) instead of a private one.
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> RelayService {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Runs one call's body, recording its command, result and latency.
+    async fn timed<T>(
+        &self,
+        command: &'static str,
+        body: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = Instant::now();
+        let result = body.await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(status) => Outcome::from_grpc(status.code()),
+        };
+        self.metrics
+            .observe(Protocol::Grpc, command, outcome, started.elapsed());
+        result
     }
 
     /// Applies an Offer or Answer stream by stream. `own` is the tag of the endpoint whose SDP
@@ -91,143 +116,164 @@ impl Relay for RelayService {
         &self,
         _request: Request<pb::GetInfoRequest>,
     ) -> Result<Response<pb::GetInfoResponse>, Status> {
-        Ok(Response::new(pb::GetInfoResponse {
-            version: VERSION.to_owned(),
-            uptime_seconds: self.started.elapsed().as_secs(),
-        }))
+        self.timed("info", async {
+            Ok(Response::new(pb::GetInfoResponse {
+                version: VERSION.to_owned(),
+                uptime_seconds: self.started.elapsed().as_secs(),
+            }))
+        })
+        .await
     }
 
     async fn offer(
         &self,
         request: Request<pb::OfferRequest>,
     ) -> Result<Response<pb::OfferResponse>, Status> {
-        let req = request.into_inner();
-        let call_id = convert::required_id("call_id", req.call_id)?;
-        let from_tag = convert::required_id("from_tag", req.from_tag)?;
-        let to_tag = convert::optional_id("to_tag", req.to_tag)?;
-        let streams = convert::streams(&req.streams)?;
-        let (leg, session) = convert::options(req.options.as_ref(), self.latch)?;
-        let streams = self
-            .update(
-                UpdateKind::Offer,
-                call_id,
-                from_tag,
-                to_tag,
-                streams,
-                leg,
-                session,
-            )
-            .await?;
-        Ok(Response::new(pb::OfferResponse { streams }))
+        self.timed("offer", async {
+            let req = request.into_inner();
+            let call_id = convert::required_id("call_id", req.call_id)?;
+            let from_tag = convert::required_id("from_tag", req.from_tag)?;
+            let to_tag = convert::optional_id("to_tag", req.to_tag)?;
+            let streams = convert::streams(&req.streams)?;
+            let (leg, session) = convert::options(req.options.as_ref(), self.latch)?;
+            let streams = self
+                .update(
+                    UpdateKind::Offer,
+                    call_id,
+                    from_tag,
+                    to_tag,
+                    streams,
+                    leg,
+                    session,
+                )
+                .await?;
+            Ok(Response::new(pb::OfferResponse { streams }))
+        })
+        .await
     }
 
     async fn answer(
         &self,
         request: Request<pb::AnswerRequest>,
     ) -> Result<Response<pb::AnswerResponse>, Status> {
-        let req = request.into_inner();
-        let call_id = convert::required_id("call_id", req.call_id)?;
-        let from_tag = convert::required_id("from_tag", req.from_tag)?;
-        let to_tag = convert::required_id("to_tag", req.to_tag)?;
-        let streams = convert::streams(&req.streams)?;
-        let (leg, session) = convert::options(req.options.as_ref(), self.latch)?;
-        // The streams are the answering (to-tag) endpoint's SDP, as in rtpproxy `L`: the
-        // table wants the SDP's own tag first.
-        let streams = self
-            .update(
-                UpdateKind::Answer,
-                call_id,
-                to_tag,
-                Some(from_tag),
-                streams,
-                leg,
-                session,
-            )
-            .await?;
-        Ok(Response::new(pb::AnswerResponse { streams }))
+        self.timed("answer", async {
+            let req = request.into_inner();
+            let call_id = convert::required_id("call_id", req.call_id)?;
+            let from_tag = convert::required_id("from_tag", req.from_tag)?;
+            let to_tag = convert::required_id("to_tag", req.to_tag)?;
+            let streams = convert::streams(&req.streams)?;
+            let (leg, session) = convert::options(req.options.as_ref(), self.latch)?;
+            // The streams are the answering (to-tag) endpoint's SDP, as in rtpproxy `L`: the
+            // table wants the SDP's own tag first.
+            let streams = self
+                .update(
+                    UpdateKind::Answer,
+                    call_id,
+                    to_tag,
+                    Some(from_tag),
+                    streams,
+                    leg,
+                    session,
+                )
+                .await?;
+            Ok(Response::new(pb::AnswerResponse { streams }))
+        })
+        .await
     }
 
     async fn delete(
         &self,
         request: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
-        let req = request.into_inner();
-        let call_id = convert::required_id("call_id", req.call_id)?;
-        let from_tag = convert::optional_id("from_tag", req.from_tag)?;
-        let to_tag = convert::optional_id("to_tag", req.to_tag)?;
-        if req.index == Some(0) {
-            return Err(Status::invalid_argument(
-                "index must be 1 or more (the 1-based SDP m-line number)",
-            ));
-        }
-        let scoped = from_tag.is_some() || to_tag.is_some() || req.index.is_some();
-        self.core
-            .delete(call_id.clone(), from_tag, to_tag, req.index)
-            .await
-            .map_err(|e| {
-                let what = if scoped {
-                    format!("call `{call_id}` (or no stream with these tags/index): ")
-                } else {
-                    format!("call `{call_id}`: ")
-                };
-                convert::core_error(e, &what)
-            })?;
-        Ok(Response::new(pb::DeleteResponse {}))
+        self.timed("delete", async {
+            let req = request.into_inner();
+            let call_id = convert::required_id("call_id", req.call_id)?;
+            let from_tag = convert::optional_id("from_tag", req.from_tag)?;
+            let to_tag = convert::optional_id("to_tag", req.to_tag)?;
+            if req.index == Some(0) {
+                return Err(Status::invalid_argument(
+                    "index must be 1 or more (the 1-based SDP m-line number)",
+                ));
+            }
+            let scoped = from_tag.is_some() || to_tag.is_some() || req.index.is_some();
+            self.core
+                .delete(call_id.clone(), from_tag, to_tag, req.index)
+                .await
+                .map_err(|e| {
+                    let what = if scoped {
+                        format!("call `{call_id}` (or no stream with these tags/index): ")
+                    } else {
+                        format!("call `{call_id}`: ")
+                    };
+                    convert::core_error(e, &what)
+                })?;
+            Ok(Response::new(pb::DeleteResponse {}))
+        })
+        .await
     }
 
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
-        let call_id = convert::required_id("call_id", request.into_inner().call_id)?;
-        let info = self
-            .core
-            .get(call_id.clone())
-            .await
-            .map_err(|e| convert::core_error(e, ""))?
-            .ok_or_else(|| Status::not_found(format!("call `{call_id}`: session not found")))?;
-        Ok(Response::new(pb::GetSessionResponse {
-            session: Some(convert::session(&info, crate::clock::now_ns())),
-        }))
+        self.timed("get_session", async {
+            let call_id = convert::required_id("call_id", request.into_inner().call_id)?;
+            let info = self
+                .core
+                .get(call_id.clone())
+                .await
+                .map_err(|e| convert::core_error(e, ""))?
+                .ok_or_else(|| Status::not_found(format!("call `{call_id}`: session not found")))?;
+            Ok(Response::new(pb::GetSessionResponse {
+                session: Some(convert::session(&info, crate::clock::now_ns())),
+            }))
+        })
+        .await
     }
 
     async fn list_sessions(
         &self,
         request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let req = request.into_inner();
-        let limit = convert::page_size(req.page_size);
-        let filter = SessionFilter {
-            state: convert::state_filter(req.state)?,
-            labels: convert::labels(&req.labels)?,
-            after: convert::parse_page_token(&req.page_token)?,
-        };
-        let (page, more) = self
-            .core
-            .list_page(filter, limit)
-            .await
-            .map_err(|e| convert::core_error(e, ""))?;
-        let next_page_token = match page.last() {
-            Some(last) if more => convert::page_token(&last.call_id),
-            _ => String::new(),
-        };
-        let now_ns = crate::clock::now_ns();
-        Ok(Response::new(pb::ListSessionsResponse {
-            sessions: page.iter().map(|s| convert::session(s, now_ns)).collect(),
-            next_page_token,
-        }))
+        self.timed("list_sessions", async {
+            let req = request.into_inner();
+            let limit = convert::page_size(req.page_size);
+            let filter = SessionFilter {
+                state: convert::state_filter(req.state)?,
+                labels: convert::labels(&req.labels)?,
+                after: convert::parse_page_token(&req.page_token)?,
+            };
+            let (page, more) = self
+                .core
+                .list_page(filter, limit)
+                .await
+                .map_err(|e| convert::core_error(e, ""))?;
+            let next_page_token = match page.last() {
+                Some(last) if more => convert::page_token(&last.call_id),
+                _ => String::new(),
+            };
+            let now_ns = crate::clock::now_ns();
+            Ok(Response::new(pb::ListSessionsResponse {
+                sessions: page.iter().map(|s| convert::session(s, now_ns)).collect(),
+                next_page_token,
+            }))
+        })
+        .await
     }
 
     async fn get_stats(
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let stats = self
-            .core
-            .stats()
-            .await
-            .map_err(|e| convert::core_error(e, ""))?;
-        Ok(Response::new(convert::stats(&stats)))
+        self.timed("stats", async {
+            let stats = self
+                .core
+                .stats()
+                .await
+                .map_err(|e| convert::core_error(e, ""))?;
+            Ok(Response::new(convert::stats(&stats)))
+        })
+        .await
     }
 
     type WatchStream = ReceiverStream<Result<pb::Event, Status>>;
@@ -236,45 +282,48 @@ impl Relay for RelayService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let call_id = convert::optional_id("call_id", Some(request.into_inner().call_id))?;
-        // Subscribed before the response goes out: a client that sees the stream open gets
-        // every event published after.
-        let mut events = self.core.subscribe();
-        let mut shutdown = self.shutdown.clone();
-        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        tokio::spawn(async move {
-            let shutting_down = || Status::unavailable("the relay is shutting down");
-            loop {
-                let item = tokio::select! {
-                    // A dropped sender means the daemon is gone too.
-                    _ = shutdown.wait_for(|stop| *stop) => Err(shutting_down()),
-                    () = tx.closed() => return,
-                    event = events.recv() => match event {
-                        Ok(e) => {
-                            if call_id.as_deref().is_some_and(|c| c != convert::event_call_id(&e)) {
-                                continue;
+        self.timed("watch", async {
+            let call_id = convert::optional_id("call_id", Some(request.into_inner().call_id))?;
+            // Subscribed before the response goes out: a client that sees the stream open gets
+            // every event published after.
+            let mut events = self.core.subscribe();
+            let mut shutdown = self.shutdown.clone();
+            let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+            tokio::spawn(async move {
+                let shutting_down = || Status::unavailable("the relay is shutting down");
+                loop {
+                    let item = tokio::select! {
+                        // A dropped sender means the daemon is gone too.
+                        _ = shutdown.wait_for(|stop| *stop) => Err(shutting_down()),
+                        () = tx.closed() => return,
+                        event = events.recv() => match event {
+                            Ok(e) => {
+                                if call_id.as_deref().is_some_and(|c| c != convert::event_call_id(&e)) {
+                                    continue;
+                                }
+                                Ok(convert::event(&e, SystemTime::now()))
                             }
-                            Ok(convert::event(&e, SystemTime::now()))
+                            Err(RecvError::Lagged(missed)) => Err(Status::resource_exhausted(format!(
+                                "this Watch stream fell {missed} events behind and was ended; \
+                                 call Watch again (and ListSessions to resynchronise)"
+                            ))),
+                            Err(RecvError::Closed) => Err(shutting_down()),
+                        },
+                    };
+                    let last = item.is_err();
+                    tokio::select! {
+                        sent = tx.send(item) => if sent.is_err() || last { return },
+                        // A client that stops reading must not hold up the shutdown.
+                        _ = shutdown.wait_for(|stop| *stop) => {
+                            let _ = tx.try_send(Err(shutting_down()));
+                            return;
                         }
-                        Err(RecvError::Lagged(missed)) => Err(Status::resource_exhausted(format!(
-                            "this Watch stream fell {missed} events behind and was ended; \
-                             call Watch again (and ListSessions to resynchronise)"
-                        ))),
-                        Err(RecvError::Closed) => Err(shutting_down()),
-                    },
-                };
-                let last = item.is_err();
-                tokio::select! {
-                    sent = tx.send(item) => if sent.is_err() || last { return },
-                    // A client that stops reading must not hold up the shutdown.
-                    _ = shutdown.wait_for(|stop| *stop) => {
-                        let _ = tx.try_send(Err(shutting_down()));
-                        return;
                     }
                 }
-            }
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        })
+        .await
     }
 }
 

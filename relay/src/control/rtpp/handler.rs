@@ -3,12 +3,14 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 use super::proto::{
     self, Command, DEFAULT_QUERY_STATS, ErrorCode, InfoReply, LocalAddr, Reply, Side, StatValue,
     Symmetry, UpdateCommand,
 };
 use crate::control::core::{CoreHandle, CoreStats};
+use crate::metrics::{ControlMetrics, Outcome, Protocol};
 use crate::session::latch::{LatchMode, LatchPolicy};
 use crate::session::table::SessionInfo;
 use crate::session::{
@@ -47,6 +49,7 @@ pub struct Handler {
     latch: LatchPolicy,
     notify_socket: Option<String>,
     pub counters: CommandCounters,
+    metrics: ControlMetrics,
 }
 
 impl Handler {
@@ -56,12 +59,26 @@ impl Handler {
             latch,
             notify_socket,
             counters: CommandCounters::default(),
+            metrics: ControlMetrics::default(),
         }
+    }
+
+    /// Records into `metrics` (the daemon's registered set) instead of a private one.
+    pub fn with_metrics(mut self, metrics: ControlMetrics) -> Handler {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &ControlMetrics {
+        &self.metrics
     }
 
     /// Runs one command; the reply is never absent (errors are `E<n>` replies).
     pub async fn execute(&self, command: Command) -> Reply {
+        let started = Instant::now();
         self.counters.received.fetch_add(1, Relaxed);
+        let name = command_name(&command);
+        let unsupported = matches!(command, Command::Unsupported { .. });
         let reply = self.dispatch(command).await;
         let counter = if matches!(reply, Reply::Error(_)) {
             &self.counters.errors
@@ -69,7 +86,24 @@ impl Handler {
             &self.counters.succeeded
         };
         counter.fetch_add(1, Relaxed);
+        let outcome = match &reply {
+            _ if unsupported => Outcome::Unsupported,
+            Reply::Error(code) => Outcome::from_rtpp(*code),
+            // `L` for an unknown session: "not proxied".
+            Reply::Port { port: 0, .. } => Outcome::NotFound,
+            _ => Outcome::Ok,
+        };
+        self.metrics
+            .observe(Protocol::Rtpp, name, outcome, started.elapsed());
         reply
+    }
+
+    /// A datagram or line that did not parse as a command.
+    pub fn malformed(&self) {
+        self.counters.received.fetch_add(1, Relaxed);
+        self.counters.errors.fetch_add(1, Relaxed);
+        self.metrics
+            .count(Protocol::Rtpp, "malformed", Outcome::Invalid);
     }
 
     async fn dispatch(&self, command: Command) -> Reply {
@@ -374,6 +408,21 @@ impl QueryTotals {
             "longest_ipi" => StatValue::Float(0.0),
             _ => StatValue::Count(0),
         }
+    }
+}
+
+/// The `command` label: the same names as the gRPC methods where they mean the same thing.
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Update(_) => "offer",
+        Command::Lookup(_) => "answer",
+        Command::Delete { .. } => "delete",
+        Command::Query { .. } => "query",
+        Command::Version | Command::VersionFeature(_) => "version",
+        Command::Info { .. } => "info",
+        Command::GlobalStats { .. } => "stats",
+        Command::DeleteAll => "delete_all",
+        Command::Unsupported { .. } => "unsupported",
     }
 }
 

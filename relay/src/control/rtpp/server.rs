@@ -17,6 +17,7 @@ use super::handler::Handler;
 use super::proto::{self, Framing, MAX_COMMAND_LEN};
 use super::rcache::ReplyCache;
 use crate::config::ListenSpec;
+use crate::metrics::{Protocol, Rejection};
 use crate::session::SessionEvent;
 
 /// A bound listener, before serving (binding first lets the daemon fail at startup).
@@ -191,13 +192,13 @@ async fn serve_datagrams(
         if let (Some(acl), PeerAddr::Inet(addr)) = (&acl, &peer)
             && !acl.allows(addr.ip())
         {
+            handler.metrics().rejected(Protocol::Rtpp, Rejection::Acl);
             continue;
         }
         let request = match proto::parse(&buf[..n], Framing::Datagram) {
             Ok(r) => r,
             Err(e) => {
-                handler.counters.received.fetch_add(1, Relaxed);
-                handler.counters.errors.fetch_add(1, Relaxed);
+                handler.malformed();
                 tracing::debug!(code = %e.code, "malformed rtpproxy command");
                 // Without a cookie the client cannot match a reply; answer anyway, it costs
                 // nothing and helps someone typing commands by hand.
@@ -214,12 +215,14 @@ async fn serve_datagrams(
             let cached = p.cache.get(&key, Instant::now()).map(str::to_owned);
             // A retransmission of a command still executing: its reply answers both.
             if cached.is_none() && !p.in_flight.insert(key.clone()) {
+                handler.metrics().retransmission(Protocol::Rtpp);
                 continue;
             }
             cached
         };
         if let Some(reply) = cached {
             handler.counters.replayed.fetch_add(1, Relaxed);
+            handler.metrics().retransmission(Protocol::Rtpp);
             let _ = socket.send_to(reply.as_bytes(), &peer).await;
             continue;
         }
@@ -291,8 +294,7 @@ async fn serve_connection(stream: UnixStream, handler: Arc<Handler>) -> std::io:
         let reply = match proto::parse(&line, Framing::Stream) {
             Ok(request) => handler.execute(request.command).await.encode(None),
             Err(e) => {
-                handler.counters.received.fetch_add(1, Relaxed);
-                handler.counters.errors.fetch_add(1, Relaxed);
+                handler.malformed();
                 e.reply()
             }
         };

@@ -26,7 +26,7 @@ use super::{WorkerCmd, WorkerCounters, WorkerEvent};
 use crate::clock;
 use crate::rtp::{PacketKind, RtpStats, classify};
 use crate::session::latch::{Content, Latch, LatchMode, Learned, Verdict};
-use crate::session::stats::{LegCounters, StreamShared};
+use crate::session::stats::{LegCounters, LossAccount, StreamShared};
 use crate::session::{LegUpdate, StreamId};
 
 /// Batches one socket may read per round before others get their turn.
@@ -42,6 +42,10 @@ struct LegSlot {
     latch: [Latch; 2],
     rtcp_explicit: bool,
     stats: RtpStats,
+    /// What of `stats` the worker's loss totals already hold.
+    loss: LossAccount,
+    /// RTP arrived since the last housekeeping: sample the jitter then.
+    rtp_recent: bool,
 }
 
 struct StreamSlot {
@@ -174,6 +178,8 @@ impl Worker {
                     latch: [Latch::new(policy, None), Latch::new(policy, None)],
                     rtcp_explicit: false,
                     stats: RtpStats::new(),
+                    loss: LossAccount::default(),
+                    rtp_recent: false,
                 };
                 let slot = self.streams.insert(StreamSlot {
                     id,
@@ -286,11 +292,13 @@ impl Worker {
         let mut rx_bytes = 0u64;
         let mut accepted = 0u64;
         let mut rtp_seen = false;
+        // Drops are counted once per batch, into the stream's and the worker's counters.
+        let (mut bad_source, mut no_destination, mut oversize) = (0u64, 0u64, 0u64);
         for i in 0..n {
             let (data, src, truncated) = self.batch.datagram(i);
             let Some(src) = src else { continue };
             if truncated {
-                LegCounters::bump(&self.counters.dropped_oversize, 1);
+                oversize += 1;
                 continue;
             }
             let rtp = match (component, classify(data)) {
@@ -305,11 +313,16 @@ impl Worker {
                 Verdict::Drop(_) => {
                     // Bleed attempts, strict-mode strangers and SSRC 0 alike: not the
                     // leg's endpoint.
-                    LegCounters::bump(&rx_counters.dropped_source, 1);
+                    bad_source += 1;
                     continue;
                 }
                 Verdict::Accept { learned } => {
                     if let Some(learned) = learned {
+                        let counter = match learned {
+                            Learned::Latched => &self.counters.latched,
+                            Learned::Relatched => &self.counters.relatched,
+                        };
+                        LegCounters::bump(counter, 1);
                         let _ = self.events.send(WorkerEvent::Latched {
                             stream: stream_id,
                             leg,
@@ -332,8 +345,28 @@ impl Worker {
             }
             match destination {
                 Some(dest) if out_fd.is_some() => self.sends.push((i, dest)),
-                _ => LegCounters::bump(&rx_counters.dropped_no_destination, 1),
+                _ => no_destination += 1,
             }
+        }
+        for (count, stream_counter, worker_counter) in [
+            (
+                bad_source,
+                &rx_counters.dropped_source,
+                &self.counters.dropped_source,
+            ),
+            (
+                no_destination,
+                &rx_counters.dropped_no_destination,
+                &self.counters.dropped_no_destination,
+            ),
+        ] {
+            if count > 0 {
+                LegCounters::bump(stream_counter, count);
+                LegCounters::bump(worker_counter, count);
+            }
+        }
+        if oversize > 0 {
+            LegCounters::bump(&self.counters.dropped_oversize, oversize);
         }
         if accepted > 0 {
             LegCounters::bump(&rx_counters.rx_packets, accepted);
@@ -349,6 +382,12 @@ impl Worker {
             rx_counters
                 .rtp_jitter_us
                 .store((s.jitter_ms * 1000.0) as u64, Relaxed);
+            let (expected, lost) = from.loss.update_from(&s);
+            LegCounters::bump(&self.counters.rtp_expected, expected);
+            if lost > 0 {
+                LegCounters::bump(&self.counters.rtp_lost, lost);
+            }
+            from.rtp_recent = true;
         }
         if let (Some(fd), false) = (out_fd, self.sends.is_empty()) {
             let sent = self.batch.send(fd, &self.sends);
@@ -361,15 +400,26 @@ impl Worker {
             let failed = (self.sends.len() - sent) as u64;
             if failed > 0 {
                 LegCounters::bump(&rx_counters.dropped_send, failed);
+                LegCounters::bump(&self.counters.dropped_send, failed);
             }
-            LegCounters::bump(&self.counters.forwarded, sent as u64);
+            LegCounters::bump(&self.counters.forwarded_packets[leg], sent as u64);
+            LegCounters::bump(&self.counters.forwarded_bytes[leg], bytes);
         }
         LegCounters::bump(&self.counters.received, n as u64);
         if n < BATCH { Drained::Yes } else { Drained::No }
     }
 
-    /// Reads the kernel's per-socket drop counters of streams that were flooded.
+    /// Samples the jitter of legs that carried RTP since the last round, and reads the
+    /// kernel's per-socket drop counters of streams that were flooded.
     fn housekeeping(&mut self) {
+        for (_, stream) in self.streams.iter_mut() {
+            for (leg, slot) in stream.legs.iter_mut().enumerate() {
+                if std::mem::take(&mut slot.rtp_recent) {
+                    let jitter_us = stream.shared.legs[leg].rtp_jitter_us.load(Relaxed);
+                    self.counters.jitter.observe(jitter_us);
+                }
+            }
+        }
         for (_, stream) in self.streams.iter_mut().filter(|(_, s)| s.flooded) {
             stream.flooded = false;
             for leg in 0..2 {
@@ -384,6 +434,7 @@ impl Worker {
                     let new = drops.wrapping_sub(*seen);
                     *seen = drops;
                     LegCounters::bump(&stream.shared.legs[leg].dropped_overflow, u64::from(new));
+                    LegCounters::bump(&self.counters.dropped_overflow, u64::from(new));
                 }
             }
         }

@@ -11,7 +11,7 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
 use sluice_common::{FLOW_RTP, FlowAction, FlowKey, FlowStats, v4_padded};
 
 use super::XdpError;
-use super::merge::{FlowTotals, merge};
+use super::merge::{FlowAccount, FlowTotals, PathTotals, merge};
 use crate::session::StreamId;
 use crate::session::offload::{Component, FlowSpec};
 use crate::session::stats::StreamShared;
@@ -20,6 +20,8 @@ struct Entry {
     spec: FlowSpec,
     key: FlowKey,
     slot: u32,
+    /// What of the slot's counters [`FlowTable::totals`] already holds.
+    account: FlowAccount,
 }
 
 struct Installed {
@@ -43,6 +45,9 @@ pub struct FlowTable {
     streams: HashMap<StreamId, Installed>,
     ttl: u8,
     nr_cpus: usize,
+    capacity: u32,
+    /// Everything the kernel forwarded since start, removed flows included (for metrics).
+    totals: PathTotals,
 }
 
 impl FlowTable {
@@ -61,7 +66,20 @@ impl FlowTable {
             streams: HashMap::new(),
             ttl,
             nr_cpus,
+            capacity: max_flows,
+            totals: PathTotals::default(),
         })
+    }
+
+    /// Flow slots in the kernel table.
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// What the kernel forwarded since start, as of the last [`FlowTable::poll`] or flow
+    /// removal. Never decreases.
+    pub fn totals(&self) -> PathTotals {
+        self.totals
     }
 
     /// Flows installed now.
@@ -98,8 +116,14 @@ impl FlowTable {
                 i += 1;
                 continue;
             }
-            let e = installed.entries.swap_remove(i);
-            remove_entry(&mut self.flows, &self.stats, &e, &mut installed.retired);
+            let mut e = installed.entries.swap_remove(i);
+            remove_entry(
+                &mut self.flows,
+                &self.stats,
+                &mut e,
+                &mut installed.retired,
+                &mut self.totals,
+            );
             self.free_slots.push(e.slot);
         }
         let mut result = Ok(());
@@ -116,9 +140,13 @@ impl FlowTable {
                     if e.spec.remote != spec.remote {
                         // Relatched: the old source's counters are final; the sequence numbers
                         // of the new one start afresh.
-                        let old = read(&self.stats, e.slot);
-                        installed.retired[e.spec.ingress_leg].add(&old);
+                        if let Some(old) = read(&self.stats, e.slot) {
+                            e.account
+                                .account(&old, e.spec.ingress_leg, &mut self.totals);
+                            installed.retired[e.spec.ingress_leg].add(&old);
+                        }
                         zero(&mut self.stats, e.slot, self.nr_cpus)?;
+                        e.account.reset();
                     }
                     if e.key != key {
                         let _ = self.flows.remove(&e.key);
@@ -148,6 +176,7 @@ impl FlowTable {
                         spec: *spec,
                         key,
                         slot,
+                        account: FlowAccount::default(),
                     });
                 }
             }
@@ -161,7 +190,7 @@ impl FlowTable {
         };
         if installed.entries.is_empty() {
             // Keep the retired totals visible: copy them once more before forgetting.
-            publish(installed, &self.stats);
+            publish(installed, &self.stats, &mut self.totals);
             self.streams.remove(&stream);
         }
         result.map(|()| applied)
@@ -173,11 +202,14 @@ impl FlowTable {
         let Some(mut installed) = self.streams.remove(&stream) else {
             return;
         };
-        publish(&installed, &self.stats);
-        for e in installed.entries.drain(..) {
+        // Out of the kernel's lookup first, so the counters read next are final.
+        for e in &installed.entries {
             if let Err(err) = self.flows.remove(&e.key) {
                 tracing::warn!(stream, error = %err, "removing an XDP flow failed");
             }
+        }
+        publish(&mut installed, &self.stats, &mut self.totals);
+        for e in installed.entries.drain(..) {
             self.free_slots.push(e.slot);
         }
         for k in &installed.shared.kernel {
@@ -185,10 +217,11 @@ impl FlowTable {
         }
     }
 
-    /// Copies every offloaded stream's kernel counters into its shared statistics.
-    pub fn poll(&self) {
-        for installed in self.streams.values() {
-            publish(installed, &self.stats);
+    /// Copies every offloaded stream's kernel counters into its shared statistics and the
+    /// path totals.
+    pub fn poll(&mut self) {
+        for installed in self.streams.values_mut() {
+            publish(installed, &self.stats, &mut self.totals);
         }
     }
 }
@@ -207,21 +240,26 @@ fn offloaded_legs(entries: &[Entry]) -> [bool; 2] {
 fn remove_entry(
     flows: &mut BpfHashMap<MapData, FlowKey, FlowAction>,
     stats: &PerCpuArray<MapData, FlowStats>,
-    e: &Entry,
+    e: &mut Entry,
     retired: &mut [FlowTotals; 2],
+    totals: &mut PathTotals,
 ) {
     if let Err(err) = flows.remove(&e.key) {
         tracing::warn!(error = %err, "removing an XDP flow failed");
     }
-    retired[e.spec.ingress_leg].add(&read(stats, e.slot));
+    if let Some(last) = read(stats, e.slot) {
+        e.account.account(&last, e.spec.ingress_leg, totals);
+        retired[e.spec.ingress_leg].add(&last);
+    }
 }
 
-fn read(stats: &PerCpuArray<MapData, FlowStats>, slot: u32) -> FlowTotals {
+/// None when the read fails: accounting skips it (zeros would look like a restarted flow).
+fn read(stats: &PerCpuArray<MapData, FlowStats>, slot: u32) -> Option<FlowTotals> {
     match stats.get(&slot, 0) {
-        Ok(per_cpu) => merge(&per_cpu),
+        Ok(per_cpu) => Some(merge(&per_cpu)),
         Err(e) => {
             tracing::debug!(slot, error = %e, "reading XDP flow counters failed");
-            FlowTotals::default()
+            None
         }
     }
 }
@@ -238,11 +276,19 @@ fn zero(
 }
 
 /// Per leg: what the kernel received from it (flows with that ingress) and sent to it (flows
-/// of the other ingress), plus retired flows.
-fn publish(installed: &Installed, stats: &PerCpuArray<MapData, FlowStats>) {
+/// of the other ingress), plus retired flows. Adds the growth since the last read to `totals`.
+fn publish(
+    installed: &mut Installed,
+    stats: &PerCpuArray<MapData, FlowStats>,
+    totals: &mut PathTotals,
+) {
     let mut by_ingress = installed.retired;
-    for e in &installed.entries {
-        by_ingress[e.spec.ingress_leg].add(&read(stats, e.slot));
+    for e in &mut installed.entries {
+        let Some(now) = read(stats, e.slot) else {
+            continue;
+        };
+        e.account.account(&now, e.spec.ingress_leg, totals);
+        by_ingress[e.spec.ingress_leg].add(&now);
     }
     let offset = kernel_clock_offset();
     for (leg, k) in installed.shared.kernel.iter().enumerate() {

@@ -2,6 +2,8 @@
 
 use sluice_common::FlowStats;
 
+use crate::session::stats::LossAccount;
+
 /// One flow's counters summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowTotals {
@@ -58,6 +60,50 @@ pub fn merge(per_cpu: &[FlowStats]) -> FlowTotals {
     t
 }
 
+/// What the kernel path forwarded since the daemon started, per ingress leg: monotonic, fed
+/// from every flow slot's counters by [`FlowAccount`] whether the flow is still installed or
+/// long removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PathTotals {
+    pub packets: [u64; 2],
+    /// UDP payload bytes, as the userspace path counts them.
+    pub bytes: [u64; 2],
+    pub rtp_expected: u64,
+    pub rtp_lost: u64,
+}
+
+/// What one flow slot has contributed to the [`PathTotals`] so far. A slot's counters only grow
+/// until the daemon zeroes it (a relatch, or reuse for another flow), so each read adds just
+/// the growth: a flow polled many times and then removed is counted once, and its counters
+/// stay in the totals after it is gone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowAccount {
+    packets: u64,
+    bytes: u64,
+    loss: LossAccount,
+}
+
+impl FlowAccount {
+    /// Adds what `now` (the slot's current merged counters) holds beyond the last call.
+    pub fn account(&mut self, now: &FlowTotals, ingress_leg: usize, totals: &mut PathTotals) {
+        let leg = ingress_leg.min(1);
+        totals.packets[leg] += now.packets.saturating_sub(self.packets);
+        totals.bytes[leg] += now.bytes.saturating_sub(self.bytes);
+        self.packets = self.packets.max(now.packets);
+        self.bytes = self.bytes.max(now.bytes);
+        let lost = i64::try_from(now.rtp_expected).unwrap_or(i64::MAX)
+            - i64::try_from(now.rtp_received).unwrap_or(i64::MAX);
+        let (expected, lost) = self.loss.update(now.rtp_expected, lost, 0);
+        totals.rtp_expected += expected;
+        totals.rtp_lost += lost;
+    }
+
+    /// The slot was zeroed: its counters start again from nothing.
+    pub fn reset(&mut self) {
+        *self = FlowAccount::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +138,37 @@ mod tests {
         let t = merge(&[a, b]);
         assert_eq!(t.rtp_received, 536 + 500);
         assert_eq!(t.rtp_expected, 536 + 500);
+    }
+
+    #[test]
+    fn polled_then_removed_flows_count_once_and_stay_counted() {
+        let mut totals = PathTotals::default();
+        let (mut a, mut b) = (FlowAccount::default(), FlowAccount::default());
+        let at = |packets: u64, expected: u64, received: u64| FlowTotals {
+            packets,
+            bytes: packets * 160,
+            rtp_expected: expected,
+            rtp_received: received,
+            ..FlowTotals::default()
+        };
+        // Polls of two flows in opposite directions.
+        a.account(&at(10, 10, 10), 0, &mut totals);
+        b.account(&at(5, 0, 0), 1, &mut totals);
+        a.account(&at(25, 26, 24), 0, &mut totals);
+        assert_eq!(totals.packets, [25, 5]);
+        assert_eq!(totals.bytes, [25 * 160, 5 * 160]);
+        assert_eq!((totals.rtp_expected, totals.rtp_lost), (26, 2));
+        // Final read at removal, then the flow is gone: nothing more is added, nothing
+        // vanishes.
+        a.account(&at(30, 31, 29), 0, &mut totals);
+        assert_eq!(totals.packets, [30, 5]);
+        assert_eq!((totals.rtp_expected, totals.rtp_lost), (31, 2));
+        // A relatch zeroes b's slot: its old counts stay, the new ones add on top.
+        b.account(&at(7, 0, 0), 1, &mut totals);
+        b.reset();
+        b.account(&at(3, 3, 3), 1, &mut totals);
+        assert_eq!(totals.packets, [30, 10]);
+        assert_eq!(totals.rtp_expected, 34);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use sluice_common::{
 
 use crate::config::XdpConfig;
 pub use flows::FlowTable;
+pub use merge::PathTotals;
 
 /// The XDP object built by relay/build.rs (aya-build) from the `ebpf/` crate.
 pub static PROGRAM_OBJECT: &[u8] =
@@ -229,6 +230,21 @@ impl FastPath {
             .collect()
     }
 
+    /// Everything the metrics export about the fast path. The verdict counters are read now;
+    /// the forwarding totals are those of the last flow poll (about a second old at most).
+    pub fn snapshot(&self) -> XdpSnapshot {
+        let verdicts = self.stats().unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "reading the XDP verdict counters failed");
+            Vec::new()
+        });
+        XdpSnapshot {
+            verdicts,
+            forwarded: self.flows.totals(),
+            flows_active: self.flows.len(),
+            flows_capacity: self.flows.capacity() as usize,
+        }
+    }
+
     /// One counter, summed over CPUs.
     pub fn stat(&self, stat: Stat) -> Result<Counter, XdpError> {
         Ok(self
@@ -245,6 +261,18 @@ fn system_ttl() -> u8 {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(DEFAULT_TTL)
+}
+
+/// The fast path's counters at one moment, for metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct XdpSnapshot {
+    /// The program's global per-reason counters, summed over CPUs (every packet it ran on is
+    /// in `Stat::Received` and in exactly one other).
+    pub verdicts: Vec<(Stat, Counter)>,
+    /// What the kernel forwarded itself (never seen by the userspace workers).
+    pub forwarded: PathTotals,
+    pub flows_active: usize,
+    pub flows_capacity: usize,
 }
 
 /// What [`start`] did: where the program runs, or why it does not.
