@@ -131,7 +131,8 @@ mod tests {
         // Recorded from `ip -d -j link show dev caller` (iproute2 6.1) with native XDP.
         let native = r#"[{"ifindex":3,"ifname":"caller","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],"mtu":1500,"xdp":{"mode":1,"prog":{"id":412,"name":"sluice_xdp","tag":"3b185187f1855c4c","jited":1}},"qdisc":"noqueue"}]"#;
         assert_eq!(parse_xdp_prog_id(native), Some(412));
-        let multi = r#"[{"ifname":"eth0","xdp":{"mode":4,"attached":[{"mode":1,"prog":{"id":7}}]}}]"#;
+        let multi =
+            r#"[{"ifname":"eth0","xdp":{"mode":4,"attached":[{"mode":1,"prog":{"id":7}}]}}]"#;
         assert_eq!(parse_xdp_prog_id(multi), Some(7));
         assert_eq!(parse_xdp_prog_id(r#"[{"ifname":"lo"}]"#), None);
         assert_eq!(parse_xdp_prog_id("not json"), None);

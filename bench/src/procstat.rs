@@ -275,6 +275,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parent_pids() {
+        // A command name with spaces and parentheses must not shift the fields.
+        let line = "4242 (napi/ca (ll) 0) S 2 0 0 0 -1 69238880 0 0 0 0 3 7 0 0 20 0 1 0 100";
+        assert_eq!(parent_pid(line), Some(2));
+        assert_eq!(parent_pid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_pid("garbage"), None);
+        assert!(kthread_pids().contains(&2) || !std::path::Path::new("/proc/2").exists());
+    }
+
+    #[test]
     fn parses_stat_with_spaces_and_parens_in_comm() {
         let line = "1234 (my (odd) name) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 \
                     12345 1000000 200 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0";

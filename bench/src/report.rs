@@ -219,7 +219,10 @@ fn flood_lines(o: &mut String, f: &FloodResult) {
             .map_or("n/a".into(), |n| format!("{n:.0} ns"))
     );
     if let Some(n) = f.relay_userspace_datagrams {
-        let _ = writeln!(o, "  datagrams reaching userspace in the relay's namespace: {n}");
+        let _ = writeln!(
+            o,
+            "  datagrams reaching userspace in the relay's namespace: {n}"
+        );
     }
     for p in &f.xdp_programs {
         let _ = writeln!(

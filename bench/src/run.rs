@@ -384,8 +384,9 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
         (Target::SluiceRtpp, None) => {
             let bin = match &a.relay_bin {
                 Some(b) => b.clone(),
-                None => relay::default_relay_bin()
-                    .context("no `sluice` binary next to sluice-bench; build it or pass --relay-bin")?,
+                None => relay::default_relay_bin().context(
+                    "no `sluice` binary next to sluice-bench; build it or pass --relay-bin",
+                )?,
             };
             let mut o = SpawnOptions::loopback(bin.clone());
             o.workers = a.workers;
@@ -395,7 +396,8 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             o.log_level = a.relay_log_level.clone();
             o.address = place.relay_ip_for_caller;
             if bed.is_some() {
-                o.xdp_interfaces = vec![topo::RELAY_CALLER_DEV.into(), topo::RELAY_CALLEE_DEV.into()];
+                o.xdp_interfaces =
+                    vec![topo::RELAY_CALLER_DEV.into(), topo::RELAY_CALLEE_DEV.into()];
             }
             o.netns = relay_ns.clone();
             let p = RelayProcess::spawn(&o, Duration::from_secs(15))?;
@@ -410,7 +412,9 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
                                 None => progs.push((dev.to_string(), id)),
                             },
                             // `auto` may have chosen the userspace path: measured as such.
-                            Err(e) => eprintln!("sluice-bench: {e}; the relay forwards in userspace there"),
+                            Err(e) => eprintln!(
+                                "sluice-bench: {e}; the relay forwards in userspace there"
+                            ),
                         }
                     }
                     progs
@@ -443,7 +447,14 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
                 config: None,
                 build: None,
             };
-            (Forwarder::Relay { rtpp, pid: a.relay_pid }, Vec::new(), info)
+            (
+                Forwarder::Relay {
+                    rtpp,
+                    pid: a.relay_pid,
+                },
+                Vec::new(),
+                info,
+            )
         }
         (target, _) => bail!(
             "--scenario flood runs against sluice-rtpp (started here), a relay on loopback via \

@@ -36,7 +36,16 @@ impl Testbed {
             // the same work whoever forwards. (The fast path copes either way: xdp_relay.rs.)
             let ns = topo.ns(role);
             let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &ns, "ethtool", "-K", topo::ENDPOINT_DEV, "tx", "off"])
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "ethtool",
+                    "-K",
+                    topo::ENDPOINT_DEV,
+                    "tx",
+                    "off",
+                ])
                 .output()
                 .context("running ethtool (cargo xtask setup installs it)")?;
             if !out.status.success() {

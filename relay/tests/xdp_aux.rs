@@ -96,12 +96,30 @@ fn assert_reflected(input: &[u8], out: &[u8], v6: bool) {
     assert_eq!(out.len(), input.len());
     assert_eq!(out[0..6], input[6..12], "destination MAC = former source");
     assert_eq!(out[6..12], input[0..6], "source MAC = former destination");
-    let (l3, addr_at, alen, l4) = if v6 { (14, 22, 16, 54) } else { (14, 26, 4, 34) };
-    assert_eq!(out[addr_at..addr_at + alen], input[addr_at + alen..addr_at + 2 * alen]);
-    assert_eq!(out[addr_at + alen..addr_at + 2 * alen], input[addr_at..addr_at + alen]);
-    assert_eq!(out[l4..l4 + 2], input[l4 + 2..l4 + 4], "source port = former destination");
+    let (l3, addr_at, alen, l4) = if v6 {
+        (14, 22, 16, 54)
+    } else {
+        (14, 26, 4, 34)
+    };
+    assert_eq!(
+        out[addr_at..addr_at + alen],
+        input[addr_at + alen..addr_at + 2 * alen]
+    );
+    assert_eq!(
+        out[addr_at + alen..addr_at + 2 * alen],
+        input[addr_at..addr_at + alen]
+    );
+    assert_eq!(
+        out[l4..l4 + 2],
+        input[l4 + 2..l4 + 4],
+        "source port = former destination"
+    );
     assert_eq!(out[l4 + 2..l4 + 4], input[l4..l4 + 2]);
-    assert_eq!(out[l4 + 4..], input[l4 + 4..], "length, checksum and payload unchanged");
+    assert_eq!(
+        out[l4 + 4..],
+        input[l4 + 4..],
+        "length, checksum and payload unchanged"
+    );
     if !v6 {
         assert_eq!(fold(sum16(&out[l3..l4])), 0xffff, "IPv4 header checksum");
     }

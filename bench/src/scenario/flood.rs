@@ -295,10 +295,8 @@ pub fn run(
         let rx_side = if reflect { dir } else { 1 - dir };
         let side = &rx_per_side[rx_side];
         let mut totals = DirectionTotals::default();
-        for call in 0..o.calls {
-            let stream = (2 * call + dir) as u32;
-            let sent = sent_per_side[dir][call];
-            totals.add_stream(sent, &side.rx[stream as usize]);
+        for (call, &sent) in sent_per_side[dir].iter().enumerate() {
+            totals.add_stream(sent, &side.rx[2 * call + dir]);
         }
         totals.misrouted = side.misrouted;
         totals.foreign = side.foreign;

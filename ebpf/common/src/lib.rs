@@ -54,7 +54,8 @@ unsafe impl aya::Pod for Counter {}
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stat {
-    /// Every frame the program ran on.
+    /// Every frame the program ran on. Not counted by the program (each frame is counted once,
+    /// under its verdict): the daemon reports the sum of the others here.
     Received = 0,
     /// Passed: frame shorter than the headers it claims.
     PassTruncated = 1,

@@ -221,13 +221,19 @@ impl FastPath {
             .map(STATS_MAP)
             .ok_or(XdpError::MissingMap(STATS_MAP))?;
         let array: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map)?;
-        Stat::ALL
+        let mut stats = Stat::ALL
             .iter()
+            .filter(|&&stat| stat != Stat::Received)
             .map(|&stat| {
                 let per_cpu = array.get(&(stat as u32), 0)?;
                 Ok((stat, Counter::sum(per_cpu.iter())))
             })
-            .collect()
+            .collect::<Result<Vec<_>, XdpError>>()?;
+        // The program counts each frame once, under its verdict (one counter less per packet);
+        // what it received is their sum.
+        let received = Counter::sum(stats.iter().map(|(_, c)| c));
+        stats.insert(0, (Stat::Received, received));
+        Ok(stats)
     }
 
     /// Everything the metrics export about the fast path. The verdict counters are read now;
