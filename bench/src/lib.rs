@@ -6,6 +6,7 @@
 //! memory and fds from /proc), `relay` (starting the relay under test), `scenario::{control,
 //! steady}` and `report`.
 pub mod clock;
+pub mod kernel;
 pub mod meter;
 pub mod ng_client;
 pub mod payload;
@@ -20,4 +21,5 @@ pub mod scenario;
 pub mod signal;
 pub mod stats;
 pub mod sys;
+pub mod testbed;
 pub mod topo;

@@ -191,6 +191,33 @@ pub fn ksoftirqd_pids() -> Vec<u32> {
         .collect()
 }
 
+/// Pids of kernel threads (kthreadd and its children: ksoftirqd, kworkers, threaded NAPI...).
+pub fn kthread_pids() -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            pid == 2
+                || fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| parent_pid(&s))
+                    == Some(2)
+        })
+        .collect()
+}
+
+/// The parent pid (field 4) of a /proc/.../stat line.
+pub fn parent_pid(line: &str) -> Option<u32> {
+    let close = line.rfind(')')?;
+    line.get(close + 1..)?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// utime + stime of `pids` in ticks (processes that vanished count 0).
 pub fn ticks_of(pids: &[u32]) -> u64 {
     pids.iter()
@@ -246,6 +273,16 @@ pub fn context_switches(pid: u32) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parent_pids() {
+        // A command name with spaces and parentheses must not shift the fields.
+        let line = "4242 (napi/ca (ll) 0) S 2 0 0 0 -1 69238880 0 0 0 0 3 7 0 0 20 0 1 0 100";
+        assert_eq!(parent_pid(line), Some(2));
+        assert_eq!(parent_pid("1 (init) S 0 1 1"), Some(0));
+        assert_eq!(parent_pid("garbage"), None);
+        assert!(kthread_pids().contains(&2) || !std::path::Path::new("/proc/2").exists());
+    }
 
     #[test]
     fn parses_stat_with_spaces_and_parens_in_comm() {

@@ -27,6 +27,32 @@ pub struct SpawnOptions {
     pub xdp: String,
     /// `log.level`.
     pub log_level: String,
+    /// The media interface's address (127.0.0.1 on loopback, the relay's address on the
+    /// namespace topology).
+    pub address: std::net::IpAddr,
+    /// `xdp.interfaces` (empty: the relay's default, the devices of the media addresses).
+    pub xdp_interfaces: Vec<String>,
+    /// Network namespace to start the relay in (`ip netns exec`); its control, gRPC and
+    /// metrics listeners are then on that namespace's loopback.
+    pub netns: Option<String>,
+}
+
+impl SpawnOptions {
+    /// Loopback defaults around `bin`.
+    pub fn loopback(bin: PathBuf) -> SpawnOptions {
+        SpawnOptions {
+            bin,
+            workers: 0,
+            port_min: 20000,
+            port_max: 31999,
+            quarantine: "10s".into(),
+            xdp: "off".into(),
+            log_level: "warn".into(),
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            xdp_interfaces: Vec::new(),
+            netns: None,
+        }
+    }
 }
 
 /// The `sluice` binary next to the running executable (target/{debug,release}/sluice when the
@@ -65,7 +91,7 @@ quarantine = "{quarantine}"
 
 [[media.interface]]
 name = "default"
-address = "127.0.0.1"
+address = "{address}"
 
 [rtpproxy]
 listen = ["udp:127.0.0.1:{rtpp}"]
@@ -78,13 +104,23 @@ listen = "127.0.0.1:{metrics}"
 
 [xdp]
 mode = "{xdp}"
-"#,
+{xdp_interfaces}"#,
         log = o.log_level,
         workers = o.workers,
         pmin = o.port_min,
         pmax = o.port_max,
         quarantine = o.quarantine,
         xdp = o.xdp,
+        address = o.address,
+        xdp_interfaces = if o.xdp_interfaces.is_empty() {
+            String::new()
+        } else {
+            // The fast path's FIB lookup needs forwarding on where packets enter.
+            format!(
+                "interfaces = {:?}\nenable_forwarding = true\n",
+                o.xdp_interfaces
+            )
+        },
     )
 }
 
@@ -118,7 +154,16 @@ impl RelayProcess {
         let config_path = dir.join("sluice.toml");
         fs::write(&config_path, &config)?;
         let log = fs::File::create(dir.join("relay.log"))?;
-        let mut cmd = Command::new(&o.bin);
+        // Started through `ip netns exec` rather than from a thread that entered the namespace:
+        // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
+        let mut cmd = match &o.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&o.bin);
+                c
+            }
+            None => Command::new(&o.bin),
+        };
         cmd.arg("--config")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -151,7 +196,12 @@ impl RelayProcess {
                     relay.log_tail(30)
                 );
             }
-            if rtpp_client::probe_version(relay.rtpp, Duration::from_millis(200)) {
+            let probe = || rtpp_client::probe_version(relay.rtpp, Duration::from_millis(200));
+            let up = match &o.netns {
+                Some(ns) => crate::topo::run_in_netns(ns, probe)?,
+                None => probe(),
+            };
+            if up {
                 return Ok(relay);
             }
             if Instant::now() >= deadline {
@@ -313,18 +363,15 @@ mod tests {
 
     #[test]
     fn config_has_the_keys_sluice_knows() {
-        let o = SpawnOptions {
-            bin: "/x".into(),
-            workers: 2,
-            port_min: 20000,
-            port_max: 31999,
-            quarantine: "0s".into(),
-            xdp: "off".into(),
-            log_level: "warn".into(),
-        };
+        let mut o = SpawnOptions::loopback("/x".into());
+        o.workers = 2;
         let t = config_text(&o, 1, 2, 3);
         assert!(t.contains("listen = [\"udp:127.0.0.1:1\"]"));
         assert!(t.contains("workers = 2"));
-        assert!(t.contains("[[media.interface]]"));
+        assert!(t.contains("address = \"127.0.0.1\""));
+        assert!(!t.contains("interfaces"));
+        o.xdp_interfaces = vec!["caller".into(), "callee".into()];
+        let t = config_text(&o, 1, 2, 3);
+        assert!(t.contains("interfaces = [\"caller\", \"callee\"]\nenable_forwarding = true"));
     }
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::meter::WindowUsage;
 use crate::procstat::CpuUsage;
 use crate::scenario::control::ControlResult;
+use crate::scenario::flood::FloodResult;
 use crate::scenario::steady::SteadyResult;
 use crate::stats::LatencySummary;
 
@@ -69,6 +70,8 @@ pub struct Report {
     pub relay: RelayInfo,
     pub control: Option<ControlResult>,
     pub steady: Option<SteadyResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodResult>,
     /// The relay's own log lines (warnings and errors), when it was started by the harness.
     pub relay_log_tail: Option<String>,
 }
@@ -169,6 +172,75 @@ fn usage_lines(out: &mut String, u: &WindowUsage) {
         u.cpu_pressure_percent
             .map_or("n/a".into(), |p| format!("{p:.1}%"))
     );
+}
+
+fn flood_lines(o: &mut String, f: &FloodResult) {
+    let _ = writeln!(
+        o,
+        "flood: {} calls through {}, batch {}, window {:.1} s: sent {:.0} pps{}, delivered {:.0} pps",
+        f.calls,
+        f.forwarder,
+        f.batch,
+        f.window_s,
+        f.sent_pps,
+        f.rate_requested_pps
+            .map_or(String::new(), |r| format!(" (asked {r:.0})")),
+        f.delivered_pps
+    );
+    for d in &f.directions {
+        let t = &d.totals;
+        let _ = writeln!(
+            o,
+            "  {:<15} sent {:>10} received {:>10} lost {:>8} ({:.3}%) reordered {} misrouted {} foreign {}",
+            d.direction,
+            t.sent,
+            t.received,
+            t.lost,
+            100.0 * t.loss_ratio(),
+            t.out_of_order,
+            t.misrouted,
+            t.foreign
+        );
+    }
+    lat_header(o, "one-way latency");
+    for d in &f.directions {
+        lat_row(o, d.direction, &d.totals.latency);
+    }
+    let c = &f.cpu;
+    let _ = writeln!(
+        o,
+        "  CPU in window: relay {:.2} s + generator {:.2} s + kernel threads {:.2} s = {:.2} s; \
+         {} per delivered packet",
+        c.relay_s,
+        c.generator_s,
+        c.kernel_threads_s,
+        c.total_s,
+        c.ns_per_delivered_packet
+            .map_or("n/a".into(), |n| format!("{n:.0} ns"))
+    );
+    if let Some(n) = f.relay_userspace_datagrams {
+        let _ = writeln!(
+            o,
+            "  datagrams reaching userspace in the relay's namespace: {n}"
+        );
+    }
+    for p in &f.xdp_programs {
+        let _ = writeln!(
+            o,
+            "  XDP program {} on {}: {} runs, {}",
+            p.id,
+            p.device,
+            p.run.run_cnt,
+            p.ns_per_run
+                .map_or("no runs".into(), |n| format!("{n:.1} ns per run"))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  endpoint receive-buffer drops {}, send errors {}",
+        f.endpoint_rcvbuf_errors, f.send_errors
+    );
+    usage_lines(o, &f.usage);
 }
 
 impl Report {
@@ -348,6 +420,9 @@ impl Report {
                 "  teardown: {:.2} s, errors {:?}",
                 s.teardown_s, s.teardown_errors
             );
+        }
+        if let Some(f) = &self.flood {
+            flood_lines(&mut o, f);
         }
         if let Some(t) = &self.relay_log_tail
             && !t.trim().is_empty()

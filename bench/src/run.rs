@@ -11,8 +11,11 @@ use crate::report::{Machine, RelayInfo, Report};
 use crate::rtpengine::{self, RtpengineOptions, RtpengineProcess};
 use crate::scenario::control::{self, ControlOptions};
 use crate::scenario::control_grpc;
+use crate::scenario::flood::{self, FloodOptions, Forwarder};
 use crate::scenario::steady::{self, SteadyOptions};
 use crate::signal::Protocol;
+use crate::testbed::{Placement, Testbed};
+use crate::{kernel, topo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -27,6 +30,19 @@ pub enum Target {
     RtpengineNg,
     /// No relay: steady's endpoints send straight to each other (the generator's own floor).
     Direct,
+    /// No relay: the minimal XDP_TX reflector on the relay's devices turns every packet
+    /// around to its sender (flood on `--net netns`: the floor for any forwarder's cost).
+    Reflector,
+}
+
+/// Where the traffic flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Net {
+    /// Everything on 127.0.0.1 in the harness's namespace.
+    Loopback,
+    /// Caller, relay and callee in namespaces joined by veth pairs (198.18.0.0/15; needs
+    /// root), so the relay's XDP fast path can forward.
+    Netns,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -35,6 +51,9 @@ pub enum Scenario {
     Control,
     /// Concurrent calls with RTP/RTCP both ways.
     Steady,
+    /// A few calls driven as fast as the generator can (or at --rate pps): saturation point
+    /// and CPU per forwarded packet.
+    Flood,
 }
 
 /// Parses "10", "10s", "1.5s", "500ms", "2m".
@@ -118,8 +137,9 @@ pub struct RunArgs {
     /// control: stop after this many cycles.
     #[arg(long)]
     pub cycles: Option<u64>,
-    /// control: start cycles at this fixed rate (per second) instead of back to back.
-    #[arg(long, value_name = "CYCLES_PER_S")]
+    /// control: start cycles at this fixed rate (per second) instead of back to back;
+    /// flood: offered packets per second over all streams (default: as fast as possible).
+    #[arg(long, value_name = "PER_S")]
     pub rate: Option<f64>,
     /// Control command retransmission timeout (Kamailio: 1 s).
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -128,9 +148,18 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub tries: u32,
 
-    /// steady: concurrent calls.
-    #[arg(long, default_value_t = 1000)]
-    pub calls: usize,
+    /// Where the traffic flows (flood only for now).
+    #[arg(long, value_enum, default_value = "loopback")]
+    pub net: Net,
+    /// steady: concurrent calls [default 1000]; flood: calls [default 4].
+    #[arg(long)]
+    pub calls: Option<usize>,
+    /// flood: datagrams per sendmmsg per socket.
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// flood: traffic before the window (latching, hand-off to the kernel).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub warmup: Duration,
     /// steady: calls set up per second.
     #[arg(long, value_name = "CALLS_PER_S", default_value_t = 500.0)]
     pub ramp: f64,
@@ -171,6 +200,12 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     // The relay inherits the limit: 4 sockets per call on each side.
     crate::sys::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let machine = Machine::probe();
+    if a.scenario == Scenario::Flood {
+        return execute_flood(a, machine);
+    }
+    if a.net != Net::Loopback {
+        bail!("--net netns is implemented for --scenario flood only");
+    }
     let protocol = match a.target {
         Target::RtpengineNg => Protocol::Ng,
         _ => Protocol::Rtpp,
@@ -189,6 +224,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 pid: None,
             }
         }
+        (_, Target::Reflector) => bail!("--target reflector only works with --scenario flood"),
         (Some(_), Target::SluiceGrpc) => bail!("--target sluice-grpc starts its own relay"),
         (Some(spec), _) => Relay::Connected {
             rtpp: relay::parse_connect(spec)?,
@@ -223,7 +259,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             };
             let quarantine = a.quarantine.unwrap_or(match a.scenario {
                 Scenario::Control => Duration::ZERO,
-                Scenario::Steady => Duration::from_secs(10),
+                Scenario::Steady | Scenario::Flood => Duration::from_secs(10),
             });
             let o = SpawnOptions {
                 bin,
@@ -233,6 +269,9 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 quarantine: format!("{}ms", quarantine.as_millis()),
                 xdp: a.xdp.clone(),
                 log_level: a.relay_log_level.clone(),
+                address: std::net::Ipv4Addr::LOCALHOST.into(),
+                xdp_interfaces: Vec::new(),
+                netns: None,
             };
             Relay::Spawned(RelayProcess::spawn(&o, Duration::from_secs(15))?)
         }
@@ -298,9 +337,10 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             };
             (Some(result), None)
         }
+        Scenario::Flood => bail!("flood runs in execute_flood"),
         Scenario::Steady => {
             let o = SteadyOptions {
-                calls: a.calls,
+                calls: a.calls.unwrap_or(1000),
                 ramp: a.ramp,
                 duration: a.duration.unwrap_or(Duration::from_secs(30)),
                 pps: a.pps,
@@ -351,6 +391,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             Target::Rtpproxy => "rtpproxy".into(),
             Target::RtpengineNg => "rtpengine-ng".into(),
             Target::Direct => "direct (no relay)".into(),
+            Target::Reflector => "xdp reflector (no relay)".into(),
         },
         date_utc: crate::report::date_utc(),
         git_commit: crate::report::git_commit(),
@@ -359,6 +400,159 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         relay: info,
         control,
         steady,
+        flood: None,
+        relay_log_tail,
+    })
+}
+
+/// `--scenario flood`: on loopback or the namespace topology, against a relay or the XDP
+/// reflector.
+fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
+    let mut bed = match a.net {
+        Net::Netns => Some(Testbed::up()?),
+        Net::Loopback => None,
+    };
+    let place = bed.as_ref().map_or_else(Placement::loopback, Placement::on);
+    let relay_ns = place.relay_ns.clone();
+    let mut relay = None;
+    let (forwarder, progs, info) = match (a.target, &a.connect) {
+        (Target::Reflector, _) => {
+            let bed = bed
+                .as_mut()
+                .context("--target reflector needs --net netns (it runs on the relay's veths)")?;
+            let ids = bed.attach_reflectors()?;
+            let progs = [topo::RELAY_CALLER_DEV, topo::RELAY_CALLEE_DEV]
+                .iter()
+                .map(|d| d.to_string())
+                .zip(ids)
+                .collect();
+            let info = RelayInfo {
+                mode: "xdp reflector".into(),
+                bin: None,
+                pid: None,
+                rtpp: String::new(),
+                config: None,
+                build: None,
+            };
+            (Forwarder::Reflector, progs, info)
+        }
+        (Target::SluiceRtpp, None) => {
+            let bin = match &a.relay_bin {
+                Some(b) => b.clone(),
+                None => relay::default_relay_bin().context(
+                    "no `sluice` binary next to sluice-bench; build it or pass --relay-bin",
+                )?,
+            };
+            let mut o = SpawnOptions::loopback(bin.clone());
+            o.workers = a.workers;
+            (o.port_min, o.port_max) = a.relay_ports;
+            o.quarantine = format!("{}ms", a.quarantine.unwrap_or_default().as_millis());
+            o.xdp = a.xdp.clone();
+            o.log_level = a.relay_log_level.clone();
+            o.address = place.relay_ip_for_caller;
+            if bed.is_some() {
+                o.xdp_interfaces =
+                    vec![topo::RELAY_CALLER_DEV.into(), topo::RELAY_CALLEE_DEV.into()];
+            }
+            o.netns = relay_ns.clone();
+            let p = RelayProcess::spawn(&o, Duration::from_secs(15))?;
+            let progs = match &relay_ns {
+                Some(ns) if a.xdp != "off" => {
+                    let mut progs = Vec::new();
+                    for dev in [topo::RELAY_CALLER_DEV, topo::RELAY_CALLEE_DEV] {
+                        match kernel::xdp_prog_id(ns, dev) {
+                            // One program serves both devices: its counters are counted once.
+                            Ok(id) => match progs.iter_mut().find(|(_, i)| *i == id) {
+                                Some((devs, _)) => *devs = format!("{devs}+{dev}"),
+                                None => progs.push((dev.to_string(), id)),
+                            },
+                            // `auto` may have chosen the userspace path: measured as such.
+                            Err(e) => eprintln!(
+                                "sluice-bench: {e}; the relay forwards in userspace there"
+                            ),
+                        }
+                    }
+                    progs
+                }
+                _ => Vec::new(),
+            };
+            let metrics = p.metrics;
+            let info = RelayInfo {
+                mode: "spawned".into(),
+                bin: Some(bin.display().to_string()),
+                pid: Some(p.pid()),
+                rtpp: format!("udp:{}", p.rtpp),
+                config: Some(p.config.clone()),
+                build: Placement::run_in(relay_ns.as_deref(), || relay::build_info(metrics))?,
+            };
+            let forwarder = Forwarder::Relay {
+                rtpp: p.rtpp,
+                pid: Some(p.pid()),
+            };
+            relay = Some(p);
+            (forwarder, progs, info)
+        }
+        (Target::SluiceRtpp | Target::Rtpproxy, Some(spec)) if bed.is_none() => {
+            let rtpp = relay::parse_connect(spec)?;
+            let info = RelayInfo {
+                mode: "connected".into(),
+                bin: None,
+                pid: a.relay_pid,
+                rtpp: format!("udp:{rtpp}"),
+                config: None,
+                build: None,
+            };
+            (
+                Forwarder::Relay {
+                    rtpp,
+                    pid: a.relay_pid,
+                },
+                Vec::new(),
+                info,
+            )
+        }
+        (target, _) => bail!(
+            "--scenario flood runs against sluice-rtpp (started here), a relay on loopback via \
+             --connect, or the reflector (--net netns); not {target:?}"
+        ),
+    };
+    let o = FloodOptions {
+        calls: a.calls.unwrap_or(4),
+        rate: a.rate,
+        duration: a.duration.unwrap_or(Duration::from_secs(10)),
+        warmup: a.warmup,
+        batch: a.batch,
+        drain: a.drain,
+        timeout: a.timeout,
+        tries: a.tries,
+        progress: !a.quiet,
+    };
+    let result = flood::run(&forwarder, &place, &progs, &o)?;
+    let relay_log_tail = relay.as_ref().map(|p| p.log_tail(20));
+    if let Some(p) = &mut relay
+        && !p.alive()
+    {
+        bail!("the relay exited during the run; log:\n{}", p.log_tail(30));
+    }
+    // The relay goes before the namespaces it lives in.
+    drop(relay);
+    drop(bed);
+    Ok(Report {
+        tool: format!("sluice-bench {}", env!("CARGO_PKG_VERSION")),
+        scenario: "flood".into(),
+        target: match a.target {
+            Target::Reflector => "xdp reflector (no relay)".into(),
+            _ if a.connect.is_some() => "rtpproxy protocol relay (connected)".into(),
+            _ => format!("sluice-rtpp, xdp {}, {:?}", a.xdp, a.net).to_lowercase(),
+        },
+        date_utc: crate::report::date_utc(),
+        git_commit: crate::report::git_commit(),
+        command_line: std::env::args().collect::<Vec<_>>().join(" "),
+        machine,
+        relay: info,
+        control: None,
+        steady: None,
+        flood: Some(result),
         relay_log_tail,
     })
 }

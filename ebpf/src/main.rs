@@ -16,14 +16,14 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_ns},
+    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_coarse_ns},
     macros::{map, xdp},
     maps::{DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use sluice_common::{
-    Counter, DEFAULT_MAX_FLOWS, FLOW_RTP, FlowAction, FlowKey, FlowStats, MAX_DEVICES, STAT_SLOTS,
-    Stat, VlanDev,
+    Counter, DEFAULT_MAX_FLOWS, FLOW_RTP, FlowAction, FlowKey, FlowStats, MAX_DEVICES, ROUTE_NONE,
+    ROUTE_REDIRECT, ROUTE_TTL_NS, ROUTE_TX, ROUTE_TX_VLAN, RouteCache, STAT_SLOTS, Stat, VlanDev,
     csum::{self, fold},
     track_seq,
 };
@@ -71,7 +71,7 @@ static SLUICE_VLANS: HashMap<u32, VlanDev> = HashMap::with_max_entries(MAX_DEVIC
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    count(Stat::Received, len);
+    // Every frame lands in exactly one counter; userspace sums them for `Stat::Received`.
     let (stat, verdict) = process(&ctx);
     count(stat, len);
     verdict
@@ -252,8 +252,16 @@ fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32
     if flow.src != p.src || flow.src_port != [p.ports[0], p.ports[1]] {
         return Err(Stat::PassSourceMismatch);
     }
-    let egress = route(ctx, p, flow, vlan)?;
-    let (egress, smac, dmac) = egress;
+    // This CPU's counters and route cache for the flow (always there: the daemon sizes the
+    // array with the flow table).
+    let stats = SLUICE_FLOW_STATS
+        .get_ptr_mut(flow.stats_slot)
+        .ok_or(Stat::PassNoFlow)?;
+    // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
+    let stats = unsafe { &mut *stats };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let (egress, smac, dmac) = route(ctx, p, flow, vlan, &mut stats.route, now)?;
     let new_ports = [
         flow.new_src_port[0],
         flow.new_src_port[1],
@@ -283,7 +291,7 @@ fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32
     let udp = unsafe { &mut *udp };
     udp[..4].copy_from_slice(&new_ports);
     udp[6..].copy_from_slice(&check.to_be_bytes());
-    account(ctx, p, flow);
+    account(ctx, p, flow, stats, now);
     Ok(match egress {
         Egress::Tx { .. } => (Stat::Tx, xdp_action::XDP_TX),
         Egress::Redirect(ifindex) => match SLUICE_DEVMAP.redirect(ifindex, 0) {
@@ -294,16 +302,63 @@ fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32
     })
 }
 
-/// Next hop and egress device of the rewritten packet, and its MACs.
+/// Next hop and egress device of the rewritten packet, and its MACs: from this CPU's cache
+/// while it is fresh and still fits, else from `bpf_fib_lookup` (then cached).
 #[inline(always)]
 fn route(
     ctx: &XdpContext,
     p: &Packet,
     flow: &FlowAction,
     vlan: Option<u16>,
+    cache: &mut RouteCache,
+    now: u64,
+) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if cache.kind != ROUTE_NONE
+        && now.wrapping_sub(cache.at_ns) < ROUTE_TTL_NS
+        && cache.ingress == ingress
+        && (cache.tagged != 0) == vlan.is_some()
+        && cache.dst == flow.new_dst
+    {
+        let egress = match (cache.kind, vlan) {
+            (ROUTE_TX, _) => Egress::Tx { tci: None },
+            (ROUTE_TX_VLAN, Some(tci)) => Egress::Tx {
+                tci: Some((tci & 0xf000) | (cache.vid & 0x0fff)),
+            },
+            _ => Egress::Redirect(cache.ifindex),
+        };
+        return Ok((egress, cache.smac, cache.dmac));
+    }
+    let decided = lookup(ctx, p, flow, vlan, ingress)?;
+    let (kind, ifindex, vid) = match decided.0 {
+        Egress::Tx { tci: None } => (ROUTE_TX, ingress, 0),
+        Egress::Tx { tci: Some(tci) } => (ROUTE_TX_VLAN, ingress, tci & 0x0fff),
+        Egress::Redirect(ifindex) => (ROUTE_REDIRECT, ifindex, 0),
+    };
+    *cache = RouteCache {
+        at_ns: now,
+        dst: flow.new_dst,
+        ingress,
+        ifindex,
+        smac: decided.1,
+        dmac: decided.2,
+        vid,
+        kind,
+        tagged: u8::from(vlan.is_some()),
+    };
+    Ok(decided)
+}
+
+/// [`route`] without the cache: `bpf_fib_lookup` and the device checks.
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    p: &Packet,
+    flow: &FlowAction,
+    vlan: Option<u16>,
+    ingress: u32,
 ) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
-    let ingress = ctx.ingress_ifindex() as u32;
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.l4_protocol = IPPROTO_UDP;
     fib.sport = u16::from_ne_bytes(flow.new_src_port);
@@ -480,16 +535,10 @@ fn rewrite_v6(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat
 
 /// Per-flow, per-CPU counters for statistics and the daemon's media timeout.
 #[inline(always)]
-fn account(ctx: &XdpContext, p: &Packet, flow: &FlowAction) {
-    let Some(stats) = SLUICE_FLOW_STATS.get_ptr_mut(flow.stats_slot) else {
-        return;
-    };
-    // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
-    let stats = unsafe { &mut *stats };
+fn account(ctx: &XdpContext, p: &Packet, flow: &FlowAction, stats: &mut FlowStats, now: u64) {
     stats.packets += 1;
     stats.bytes += u64::from(p.udp_len) - UDP_HLEN as u64;
-    // SAFETY: helper without arguments.
-    stats.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    stats.last_seen_ns = now;
     if flow.flags & FLOW_RTP != 0 && usize::from(p.udp_len) >= UDP_HLEN + RTP_HLEN {
         let rtp = p.l4 + UDP_HLEN;
         if let (Some(b0), Some(seq)) = (read_u8(ctx, rtp), read_be16(ctx, rtp + 2))

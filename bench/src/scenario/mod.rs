@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod control_grpc;
+pub mod flood;
 pub mod steady;
 
 /// Prints progress lines to stderr at most once per `every_ns` (no-op when disabled).

@@ -93,7 +93,9 @@ pub struct FlowStats {
     pub packets: u64,
     /// UDP payload bytes (the unit the userspace path counts).
     pub bytes: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last forwarded packet; 0 = none.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, a few ms: plenty for
+    /// media timeouts, and no clock source read per packet) of the last forwarded packet;
+    /// 0 = none.
     pub last_seen_ns: u64,
     /// RTP packets (version 2, at least a fixed header) this CPU forwarded.
     pub rtp_received: u64,
@@ -101,6 +103,38 @@ pub struct FlowStats {
     /// count is this CPU's own, userspace aligns CPUs (see the daemon's `merge_rtp`).
     pub rtp_base_seq: u32,
     pub rtp_max_seq: u32,
+    /// This CPU's routing decision for the flow, reused for [`ROUTE_TTL_NS`] instead of a
+    /// `bpf_fib_lookup` per packet (a route or neighbour change is seen within that time).
+    /// Valid while `route_kind != ROUTE_NONE`, the packet arrived on `route_ingress` with the
+    /// same tagging, and the flow still sends to `route_dst` (a relatch rewrites it).
+    pub route: RouteCache,
+}
+
+/// How long a CPU reuses a flow's routing decision.
+pub const ROUTE_TTL_NS: u64 = 500_000_000;
+/// [`RouteCache::kind`]: nothing cached.
+pub const ROUTE_NONE: u8 = 0;
+/// Send back out of the ingress device (XDP_TX).
+pub const ROUTE_TX: u8 = 1;
+/// XDP_TX with the 802.1Q id rewritten to `vid`.
+pub const ROUTE_TX_VLAN: u8 = 2;
+/// Redirect to `ifindex` through the device map.
+pub const ROUTE_REDIRECT: u8 = 3;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteCache {
+    /// When it was decided (`bpf_ktime_get_coarse_ns`).
+    pub at_ns: u64,
+    pub dst: [u8; 16],
+    pub ingress: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub vid: u16,
+    pub kind: u8,
+    /// 1 when the ingress frame carried an 802.1Q tag.
+    pub tagged: u8,
 }
 
 /// An 802.1Q device: frames the program sends out of `parent` carry tag `vid`.
@@ -138,6 +172,7 @@ mod pod {
     // SAFETY (all): repr(C), only integer fields and byte arrays, explicit padding fields, so
     // every bit pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::RouteCache {}
     unsafe impl aya::Pod for super::FlowAction {}
     unsafe impl aya::Pod for super::FlowStats {}
     unsafe impl aya::Pod for super::VlanDev {}
@@ -151,7 +186,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 20);
         assert_eq!(core::mem::size_of::<FlowAction>(), 64);
-        assert_eq!(core::mem::size_of::<FlowStats>(), 40);
+        assert_eq!(core::mem::size_of::<RouteCache>(), 48);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 88);
         assert_eq!(core::mem::size_of::<VlanDev>(), 8);
     }
 

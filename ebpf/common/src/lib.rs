@@ -12,6 +12,13 @@ pub use flow::*;
 /// Name of the XDP program inside the embedded object.
 pub const XDP_PROGRAM: &str = "sluice_xdp";
 
+/// Programs of the auxiliary object (`sluice-aux`): XDP_PASS everything, for the far end of a
+/// veth pair so frames sent there with XDP_TX/redirect are received instead of dropped.
+pub const PASS_PROGRAM: &str = "sluice_pass";
+/// ... and the minimal XDP_TX reflector: the per-packet floor any XDP forwarder is measured
+/// against (swaps MACs, IP addresses and UDP ports, so a UDP packet returns to its sender).
+pub const REFLECT_PROGRAM: &str = "sluice_reflect";
+
 /// Name of the global per-CPU verdict/reason counter array.
 pub const STATS_MAP: &str = "SLUICE_STATS";
 
@@ -47,7 +54,8 @@ unsafe impl aya::Pod for Counter {}
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stat {
-    /// Every frame the program ran on.
+    /// Every frame the program ran on. Not counted by the program (each frame is counted once,
+    /// under its verdict): the daemon reports the sum of the others here.
     Received = 0,
     /// Passed: frame shorter than the headers it claims.
     PassTruncated = 1,

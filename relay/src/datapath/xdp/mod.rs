@@ -2,6 +2,7 @@
 //! config), attach it to the media devices in the mode [`device::choose`] picks, install and
 //! remove flows ([`flows::FlowTable`]), read its counters.
 
+pub mod aux_prog;
 pub mod device;
 pub mod flows;
 pub mod merge;
@@ -208,6 +209,11 @@ impl FastPath {
             .map_err(XdpError::Program)
     }
 
+    /// The kernel's id of the loaded program (bpftool, bpf stats).
+    pub fn program_id(&self) -> Result<u32, XdpError> {
+        Ok(self.program()?.info()?.id())
+    }
+
     /// Global verdict/reason counters, summed over CPUs.
     pub fn stats(&self) -> Result<Vec<(Stat, Counter)>, XdpError> {
         let map = self
@@ -215,13 +221,19 @@ impl FastPath {
             .map(STATS_MAP)
             .ok_or(XdpError::MissingMap(STATS_MAP))?;
         let array: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(map)?;
-        Stat::ALL
+        let mut stats = Stat::ALL
             .iter()
+            .filter(|&&stat| stat != Stat::Received)
             .map(|&stat| {
                 let per_cpu = array.get(&(stat as u32), 0)?;
                 Ok((stat, Counter::sum(per_cpu.iter())))
             })
-            .collect()
+            .collect::<Result<Vec<_>, XdpError>>()?;
+        // The program counts each frame once, under its verdict (one counter less per packet);
+        // what it received is their sum.
+        let received = Counter::sum(stats.iter().map(|(_, c)| c));
+        stats.insert(0, (Stat::Received, received));
+        Ok(stats)
     }
 
     /// Everything the metrics export about the fast path. The verdict counters are read now;
