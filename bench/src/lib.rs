@@ -5,7 +5,9 @@
 //! packets with a send stamp), `stats` (loss/reordering/latency), `procstat`/`meter` (CPU,
 //! memory and fds from /proc), `relay` (starting the relay under test), `scenario::{control,
 //! steady}` and `report`.
+pub mod charts;
 pub mod clock;
+pub mod compare;
 pub mod kernel;
 pub mod meter;
 pub mod ng_client;

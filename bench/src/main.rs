@@ -1,4 +1,5 @@
-//! `sluice-bench`: load tests of RTP relays (`run`) and the namespace topology (`topo`).
+//! `sluice-bench`: load tests of RTP relays (`run`), side-by-side comparisons (`compare`) and
+//! the namespace topology (`topo`).
 
 use std::process::ExitCode;
 
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Run a load scenario against a relay (started here unless --connect) and report.
     Run(Box<RunArgs>),
+    /// Run the scenario matrix against Sluice (XDP, userspace), rtpengine and the XDP floor;
+    /// write report.md, results.json and SVG charts (needs root: namespaces, XDP).
+    Compare(sluice_bench::compare::CompareArgs),
     /// Build or remove the caller/relay/callee namespace topology (needs root).
     Topo {
         #[command(subcommand)]
@@ -50,6 +54,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(&args),
+        Command::Compare(args) => sluice_bench::compare::run(&args).map(|dir| {
+            eprintln!("sluice-bench: report in {}", dir.display());
+        }),
         Command::Topo { action, prefix } => match action {
             TopoAction::Up => Topology::up(&prefix).map(|t| {
                 for role in [Role::Caller, Role::Relay, Role::Callee] {

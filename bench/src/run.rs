@@ -415,6 +415,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
     let place = bed.as_ref().map_or_else(Placement::loopback, Placement::on);
     let relay_ns = place.relay_ns.clone();
     let mut relay = None;
+    let mut engine: Option<RtpengineProcess> = None;
     let (forwarder, progs, info) = match (a.target, &a.connect) {
         (Target::Reflector, _) => {
             let bed = bed
@@ -486,11 +487,40 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
                 build: Placement::run_in(relay_ns.as_deref(), || relay::build_info(metrics))?,
             };
             let forwarder = Forwarder::Relay {
-                rtpp: p.rtpp,
+                protocol: Protocol::Rtpp,
+                control: p.rtpp,
                 pid: Some(p.pid()),
             };
             relay = Some(p);
             (forwarder, progs, info)
+        }
+        (Target::RtpengineNg, None) => {
+            let bin = match &a.relay_bin {
+                Some(b) => b.clone(),
+                None => rtpengine::find_bin()
+                    .unwrap_or_else(|| std::path::PathBuf::from(rtpengine::DEBIAN_BIN)),
+            };
+            let mut o = RtpengineOptions::loopback(bin, a.relay_ports.0, a.relay_ports.1);
+            o.threads = a.workers;
+            o.log_level = rtpengine::log_level(&a.relay_log_level);
+            o.interfaces = vec![rtpengine::MediaInterface::new(place.relay_ip_for_caller)];
+            o.netns = relay_ns.clone();
+            let e = RtpengineProcess::spawn(&o, Duration::from_secs(15))?;
+            let info = RelayInfo {
+                mode: "spawned".into(),
+                bin: Some(e.bin.display().to_string()),
+                pid: Some(e.pid()),
+                rtpp: format!("ng:{}", e.ng),
+                config: Some(e.command.clone()),
+                build: e.version.clone(),
+            };
+            let forwarder = Forwarder::Relay {
+                protocol: Protocol::Ng,
+                control: e.ng,
+                pid: Some(e.pid()),
+            };
+            engine = Some(e);
+            (forwarder, Vec::new(), info)
         }
         (Target::SluiceRtpp | Target::Rtpproxy, Some(spec)) if bed.is_none() => {
             let rtpp = relay::parse_connect(spec)?;
@@ -504,7 +534,8 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             };
             (
                 Forwarder::Relay {
-                    rtpp,
+                    protocol: Protocol::Rtpp,
+                    control: rtpp,
                     pid: a.relay_pid,
                 },
                 Vec::new(),
@@ -512,8 +543,8 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             )
         }
         (target, _) => bail!(
-            "--scenario flood runs against sluice-rtpp (started here), a relay on loopback via \
-             --connect, or the reflector (--net netns); not {target:?}"
+            "--scenario flood runs against sluice-rtpp or rtpengine-ng (started here), a relay on \
+             loopback via --connect, or the reflector (--net netns); not {target:?}"
         ),
     };
     let o = FloodOptions {
@@ -528,20 +559,30 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
         progress: !a.quiet,
     };
     let result = flood::run(&forwarder, &place, &progs, &o)?;
-    let relay_log_tail = relay.as_ref().map(|p| p.log_tail(20));
+    let relay_log_tail = relay
+        .as_ref()
+        .map(|p| p.log_tail(20))
+        .or_else(|| engine.as_ref().map(|e| e.log_tail(20)));
     if let Some(p) = &mut relay
         && !p.alive()
     {
         bail!("the relay exited during the run; log:\n{}", p.log_tail(30));
     }
-    // The relay goes before the namespaces it lives in.
+    if let Some(e) = &mut engine
+        && !e.alive()
+    {
+        bail!("rtpengine exited during the run; log:\n{}", e.log_tail(30));
+    }
+    // The relays go before the namespaces they live in.
     drop(relay);
+    drop(engine);
     drop(bed);
     Ok(Report {
         tool: format!("sluice-bench {}", env!("CARGO_PKG_VERSION")),
         scenario: "flood".into(),
         target: match a.target {
             Target::Reflector => "xdp reflector (no relay)".into(),
+            Target::RtpengineNg => format!("rtpengine-ng, {:?}", a.net).to_lowercase(),
             _ if a.connect.is_some() => "rtpproxy protocol relay (connected)".into(),
             _ => format!("sluice-rtpp, xdp {}, {:?}", a.xdp, a.net).to_lowercase(),
         },

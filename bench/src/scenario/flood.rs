@@ -8,7 +8,7 @@
 //! with recvmmsg. Every payload carries a [`Stamp`], so loss, reordering, cross-talk and one-way
 //! latency are measured exactly as in `steady`.
 //!
-//! The forwarder is either a relay (calls set up with U/L over the rtpproxy protocol; the
+//! The forwarder is either a relay (calls set up with offer/answer in its protocol; the
 //! endpoints send to the ports it answers) or the XDP reflector, which turns each packet
 //! around to its sender: the floor of what moving a packet through the topology costs.
 //!
@@ -34,8 +34,9 @@ use crate::kernel::{self, ProgRun};
 use crate::meter::{Meter, WindowUsage};
 use crate::payload::{PACKET_LEN, RtpPacket, Stamp, rtp_payload};
 use crate::procstat;
-use crate::rtpp_client::{Pipeline, cmd, random_u32};
+use crate::rtpp_client::random_u32;
 use crate::scenario::Progress;
+use crate::signal::{CallIds, Protocol, Req, Signalling};
 use crate::stats::{DirectionTotals, LatencySummary, StreamRx, latency_histogram, record};
 use crate::sys::{self, Epoll, RecvBatch};
 use crate::testbed::Placement;
@@ -58,8 +59,12 @@ pub struct FloodOptions {
 /// What moves the packets between the endpoints.
 #[derive(Debug, Clone)]
 pub enum Forwarder {
-    /// A relay reached over the rtpproxy protocol at `rtpp` (from the relay's namespace).
-    Relay { rtpp: SocketAddr, pid: Option<u32> },
+    /// A relay reached at `control` in `protocol` (from the relay's namespace).
+    Relay {
+        protocol: Protocol,
+        control: SocketAddr,
+        pid: Option<u32>,
+    },
     /// The XDP reflector on the relay's devices: each side's packets come back to it.
     Reflector,
 }
@@ -110,6 +115,9 @@ pub struct FloodResult {
     /// Over the whole run (warmup included); the reflector's directions are "caller->caller"
     /// and "callee->callee".
     pub directions: Vec<FloodDirection>,
+    /// One-way latency of both directions together: (quantile, us) at fixed quantiles, for
+    /// CDF charts.
+    pub latency_cdf_us: Vec<(f64, f64)>,
     /// Datagrams that reached a userspace socket in the relay's namespace during the window
     /// (0 when the kernel forwards everything). Topology only.
     pub relay_userspace_datagrams: Option<u64>,
@@ -307,6 +315,12 @@ pub fn run(
         });
     }
 
+    let mut all = latency_histogram();
+    for side in &rx_per_side {
+        // Same bounds and precision: adding cannot fail.
+        let _ = all.add(&side.latency);
+    }
+    let latency_cdf_us = cdf_points(&all);
     let window_s = (t1 - t0) as f64 / 1e9;
     let delivered = recv1 - recv0;
     let tck = procstat::clk_tck() as f64;
@@ -336,8 +350,11 @@ pub fn run(
         })
         .collect();
 
-    if let Forwarder::Relay { rtpp, .. } = forwarder {
-        delete_calls(*rtpp, place, o)?;
+    if let Forwarder::Relay {
+        protocol, control, ..
+    } = forwarder
+    {
+        delete_calls(*protocol, *control, place, o)?;
     }
     Ok(FloodResult {
         calls: o.calls,
@@ -351,6 +368,7 @@ pub fn run(
         sent_pps: (sent1 - sent0) as f64 / window_s,
         delivered_pps: delivered as f64 / window_s,
         directions,
+        latency_cdf_us,
         relay_userspace_datagrams: match (relay_rx_before, relay_rx_after) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
@@ -361,6 +379,22 @@ pub fn run(
         cpu,
         usage,
     })
+}
+
+/// Quantiles a latency CDF is drawn through.
+const CDF_QUANTILES: [f64; 14] = [
+    0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// (quantile, us) points of `h` (none when empty).
+pub fn cdf_points(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CDF_QUANTILES
+        .iter()
+        .map(|&q| (q, h.value_at_quantile(q) as f64 / 1000.0))
+        .collect()
 }
 
 fn fds(eps: &[Endpoint]) -> Vec<i32> {
@@ -415,27 +449,29 @@ fn open_endpoints(
                 });
             }
         }
-        Forwarder::Relay { rtpp, .. } => {
-            let mut control = Placement::run_in(place.relay_ns.as_deref(), || {
-                Pipeline::connect(*rtpp, o.timeout, o.tries)
+        Forwarder::Relay {
+            protocol, control, ..
+        } => {
+            let mut signalling = Placement::run_in(place.relay_ns.as_deref(), || {
+                Signalling::connect(*protocol, *control, o.timeout, o.tries)
             })??;
             for (call, (a, b)) in caller.into_iter().zip(callee).enumerate() {
                 let id = call_id(call);
-                let (a_addr, b_addr) = (a.local_addr()?, b.local_addr()?);
-                let offer = control
-                    .call(&cmd::offer(&id, a_addr.ip(), a_addr.port(), "ft"))?
+                let ids = ids(&id);
+                let offer = signalling
+                    .call(Req::Offer(ids, a.local_addr()?))?
                     .result
-                    .with_context(|| format!("U for call {call}"))?;
+                    .with_context(|| format!("offer for call {call}"))?;
                 let for_callee = offer
                     .media_addr(place.relay_ip_for_caller)
-                    .with_context(|| format!("U reply for call {call}"))?;
-                let answer = control
-                    .call(&cmd::answer(&id, b_addr.ip(), b_addr.port(), "ft", "tt"))?
+                    .with_context(|| format!("offer reply for call {call}"))?;
+                let answer = signalling
+                    .call(Req::Answer(ids, b.local_addr()?))?
                     .result
-                    .with_context(|| format!("L for call {call}"))?;
+                    .with_context(|| format!("answer for call {call}"))?;
                 let for_caller = answer
                     .media_addr(place.relay_ip_for_caller)
-                    .with_context(|| format!("L reply for call {call}"))?;
+                    .with_context(|| format!("answer reply for call {call}"))?;
                 a.connect(for_caller)?;
                 b.connect(for_callee)?;
                 let (even, odd) = ((2 * call) as u32, (2 * call + 1) as u32);
@@ -455,16 +491,30 @@ fn open_endpoints(
     Ok((callers, callees))
 }
 
-fn delete_calls(rtpp: SocketAddr, place: &Placement, o: &FloodOptions) -> Result<()> {
-    let mut control = Placement::run_in(place.relay_ns.as_deref(), || {
-        Pipeline::connect(rtpp, o.timeout, o.tries)
+fn ids(call_id: &str) -> CallIds<'_> {
+    CallIds {
+        call_id,
+        from_tag: "ft",
+        to_tag: "tt",
+    }
+}
+
+fn delete_calls(
+    protocol: Protocol,
+    control: SocketAddr,
+    place: &Placement,
+    o: &FloodOptions,
+) -> Result<()> {
+    let mut signalling = Placement::run_in(place.relay_ns.as_deref(), || {
+        Signalling::connect(protocol, control, o.timeout, o.tries)
     })??;
     for call in 0..o.calls {
-        control
-            .call(&cmd::delete(&call_id(call), "ft", "tt"))?
+        let id = call_id(call);
+        signalling
+            .call(Req::Delete(ids(&id)))?
             .result
             .and_then(|r| r.delete_ok())
-            .with_context(|| format!("D for call {call}"))?;
+            .with_context(|| format!("delete for call {call}"))?;
     }
     Ok(())
 }

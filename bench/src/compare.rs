@@ -1,0 +1,617 @@
+//! `sluice-bench compare`: one scenario matrix against Sluice (XDP and userspace), rtpengine
+//! (when installed) and the XDP reflector floor, in one invocation; writes `report.md`,
+//! `results.json` and SVG charts.
+//!
+//! The matrix (each case is one `sluice-bench run`, so every number can be reproduced alone
+//! with the command line the report prints):
+//!
+//! - `flood-rate`: a fixed offered load on the namespace topology: machine CPU per forwarded
+//!   packet, minus the reflector's (the forwarder's share), XDP program cost, latency.
+//! - `flood-max`: the same unpaced: what each forwarder delivers when the generator pushes as
+//!   hard as it can, and the loss.
+//! - `control`: offer + answer + delete cycles per second at concurrency 16 (loopback).
+//! - `steady`: concurrent 50 pps calls (loopback, where XDP does not apply).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser};
+use serde::Serialize;
+
+use crate::charts;
+use crate::report::{Machine, Report};
+use crate::run::{RunArgs, execute};
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// The short matrix (about 2 minutes): shorter windows, fewer calls.
+    #[arg(long)]
+    pub quick: bool,
+    /// Where to write report.md, results.json and the charts [default:
+    /// bench-results/compare-YYYYMMDDTHHMMSSZ].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Sluice binary (default: `sluice` next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub relay_bin: Option<PathBuf>,
+    /// Leave rtpengine out even when it is installed.
+    #[arg(long)]
+    pub no_rtpengine: bool,
+}
+
+/// One run of the matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Case {
+    /// flood-rate, flood-max, control, steady.
+    pub scenario: &'static str,
+    /// reflector, sluice-xdp, sluice-user, sluice-grpc, rtpengine.
+    pub forwarder: &'static str,
+    /// The equivalent `sluice-bench run` command line.
+    pub command: String,
+    pub seconds: f64,
+    pub report: Option<Report>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Comparison {
+    pub date_utc: String,
+    pub git_commit: Option<String>,
+    pub quick: bool,
+    pub machine: Machine,
+    pub rtpengine: Option<String>,
+    pub cases: Vec<Case>,
+}
+
+/// The `sluice-bench run` arguments of every case, in run order.
+pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, Vec<String>)> {
+    let (window, warmup, rate, control_s, calls, steady_s) = if quick {
+        ("4s", "1s", "40000", "3s", "200", "5s")
+    } else {
+        ("10s", "2s", "50000", "10s", "1000", "30s")
+    };
+    let mut forwarders: Vec<(&str, Vec<&str>)> = vec![
+        ("reflector", vec!["--target", "reflector"]),
+        (
+            "sluice-xdp",
+            vec!["--target", "sluice-rtpp", "--xdp", "native"],
+        ),
+        (
+            "sluice-user",
+            vec!["--target", "sluice-rtpp", "--xdp", "off"],
+        ),
+    ];
+    if rtpengine {
+        forwarders.push(("rtpengine", vec!["--target", "rtpengine-ng"]));
+    }
+    let mut cases = Vec::new();
+    let flood = ["--scenario", "flood", "--net", "netns", "--warmup", warmup];
+    for (scenario, rate) in [("flood-rate", Some(rate)), ("flood-max", None)] {
+        for (name, target) in &forwarders {
+            let mut args: Vec<String> = flood.iter().map(|s| s.to_string()).collect();
+            args.extend(target.iter().map(|s| s.to_string()));
+            args.extend(["--duration".to_string(), window.to_string()]);
+            if let Some(r) = rate {
+                args.extend(["--rate".to_string(), r.to_string()]);
+            }
+            cases.push((scenario, *name, args));
+        }
+    }
+    let mut control: Vec<(&str, &str)> = vec![
+        ("sluice-user", "sluice-rtpp"),
+        ("sluice-grpc", "sluice-grpc"),
+    ];
+    let mut steady: Vec<(&str, &str)> = vec![("sluice-user", "sluice-rtpp")];
+    if rtpengine {
+        control.push(("rtpengine", "rtpengine-ng"));
+        steady.push(("rtpengine", "rtpengine-ng"));
+    }
+    for (name, target) in control {
+        let args = [
+            "--scenario",
+            "control",
+            "--target",
+            target,
+            "--concurrency",
+            "16",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--duration".to_string(), control_s.to_string()])
+        .collect();
+        cases.push(("control", name, args));
+    }
+    for (name, target) in steady {
+        let args = ["--scenario", "steady", "--target", target, "--calls", calls]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--duration".to_string(), steady_s.to_string()])
+            .collect();
+        cases.push(("steady", name, args));
+    }
+    cases
+}
+
+#[derive(Parser)]
+struct RunOnly {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Runs the matrix and writes the results; returns the output directory.
+pub fn run(c: &CompareArgs) -> Result<PathBuf> {
+    crate::clock::now_ns();
+    let rtpengine = if c.no_rtpengine {
+        None
+    } else {
+        crate::rtpengine::find_bin()
+    };
+    if rtpengine.is_none() && !c.no_rtpengine {
+        eprintln!(
+            "sluice-bench: rtpengine is not installed (apt-get install rtpengine-daemon, or cargo \
+             xtask setup): comparing Sluice only"
+        );
+    }
+    let out = c.out.clone().unwrap_or_else(|| {
+        PathBuf::from("bench-results").join(format!(
+            "compare-{}",
+            crate::report::date_utc().replace([':', '-'], "")
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let cases = matrix(c.quick, rtpengine.is_some());
+    let bar = indicatif::ProgressBar::new(cases.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut done = Vec::new();
+    for (scenario, forwarder, args) in cases {
+        bar.set_message(format!("{scenario} {forwarder}"));
+        let mut argv = vec!["run".to_string()];
+        argv.extend(args.iter().cloned());
+        argv.push("--quiet".into());
+        if let Some(bin) = &c.relay_bin
+            && !forwarder.starts_with("rtpengine")
+            && forwarder != "reflector"
+        {
+            argv.extend(["--relay-bin".to_string(), bin.display().to_string()]);
+        }
+        let command = format!("sluice-bench {}", argv.join(" "));
+        let started = Instant::now();
+        let result = RunOnly::try_parse_from(&argv)
+            .map_err(anyhow::Error::from)
+            .and_then(|r| execute(&r.run));
+        let (report, error) = match result {
+            Ok(r) => (Some(r), None),
+            Err(e) => {
+                bar.println(format!("{scenario} {forwarder}: {e:#}"));
+                (None, Some(format!("{e:#}")))
+            }
+        };
+        done.push(Case {
+            scenario,
+            forwarder,
+            command,
+            seconds: started.elapsed().as_secs_f64(),
+            report,
+            error,
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let comparison = Comparison {
+        date_utc: crate::report::date_utc(),
+        git_commit: crate::report::git_commit(),
+        quick: c.quick,
+        machine: Machine::probe(),
+        rtpengine: rtpengine.as_deref().and_then(crate::rtpengine::version),
+        cases: done,
+    };
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(&comparison)? + "\n",
+    )?;
+    let md = markdown(&comparison);
+    std::fs::write(out.join("report.md"), &md)?;
+    draw(&comparison, &out)?;
+    print!("{md}");
+    Ok(out)
+}
+
+fn find<'a>(c: &'a Comparison, scenario: &str, forwarder: &str) -> Option<&'a Report> {
+    c.cases
+        .iter()
+        .find(|k| k.scenario == scenario && k.forwarder == forwarder)
+        .and_then(|k| k.report.as_ref())
+}
+
+/// Machine CPU per delivered packet of a flood run, ns.
+fn cpu_per_packet(r: &Report) -> Option<f64> {
+    r.flood.as_ref()?.cpu.ns_per_delivered_packet
+}
+
+/// The forwarder's share: its machine CPU per packet minus the reflector's.
+fn share(c: &Comparison, forwarder: &str) -> Option<f64> {
+    let floor = cpu_per_packet(find(c, "flood-rate", "reflector")?)?;
+    Some(cpu_per_packet(find(c, "flood-rate", forwarder)?)? - floor)
+}
+
+fn program_ns(r: &Report) -> Option<f64> {
+    let progs = &r.flood.as_ref()?.xdp_programs;
+    let (time, runs) = progs.iter().fold((0u64, 0u64), |(t, n), p| {
+        (t + p.run.run_time_ns, n + p.run.run_cnt)
+    });
+    (runs > 0).then(|| time as f64 / runs as f64)
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+        _ => "n/a".into(),
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The report: the ratios first, then one table per scenario, then the commands.
+pub fn markdown(c: &Comparison) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "# sluice-bench compare{}\n",
+        if c.quick { " --quick" } else { "" }
+    );
+    let _ = writeln!(
+        o,
+        "{} UTC, commit {}, {} x {}, kernel {}{}.\n",
+        c.date_utc,
+        c.git_commit.as_deref().unwrap_or("?"),
+        c.machine.nproc,
+        c.machine.cpu_model,
+        c.machine.kernel,
+        c.rtpengine
+            .as_deref()
+            .map_or(String::from(", rtpengine not installed"), |v| format!(
+                ", rtpengine {v}"
+            ))
+    );
+    let xdp_share = share(c, "sluice-xdp");
+    let user_share = share(c, "sluice-user");
+    let engine_share = share(c, "rtpengine");
+    let reflector_prog = find(c, "flood-rate", "reflector").and_then(program_ns);
+    let xdp_prog = find(c, "flood-rate", "sluice-xdp").and_then(program_ns);
+    let max =
+        |f: &str| find(c, "flood-max", f).and_then(|r| r.flood.as_ref().map(|f| f.delivered_pps));
+    let cycles =
+        |f: &str| find(c, "control", f).and_then(|r| r.control.as_ref().map(|c| c.cycles_per_s));
+    let _ = writeln!(o, "## Ratios\n");
+    let _ = writeln!(o, "| comparison | ratio |\n|---|---|");
+    let _ = writeln!(
+        o,
+        "| CPU per forwarded packet, userspace / XDP (forwarder's share) | {} |",
+        ratio(user_share, xdp_share)
+    );
+    if c.rtpengine.is_some() {
+        let _ = writeln!(
+            o,
+            "| CPU per forwarded packet, rtpengine / Sluice XDP | {} |",
+            ratio(engine_share, xdp_share)
+        );
+        let _ = writeln!(
+            o,
+            "| CPU per forwarded packet, rtpengine / Sluice userspace | {} |",
+            ratio(engine_share, user_share)
+        );
+    }
+    let _ = writeln!(
+        o,
+        "| XDP program cost / XDP_TX reflector | {} |",
+        ratio(xdp_prog, reflector_prog)
+    );
+    let _ = writeln!(
+        o,
+        "| packets delivered at saturation, XDP / userspace | {} |",
+        ratio(max("sluice-xdp"), max("sluice-user"))
+    );
+    if c.rtpengine.is_some() {
+        let _ = writeln!(
+            o,
+            "| packets delivered at saturation, XDP / rtpengine | {} |",
+            ratio(max("sluice-xdp"), max("rtpengine"))
+        );
+        let _ = writeln!(
+            o,
+            "| control cycles per second, Sluice (rtpproxy protocol) / rtpengine (ng) | {} |",
+            ratio(cycles("sluice-user"), cycles("rtpengine"))
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\nThe forwarder's share is the machine's CPU per delivered packet (relay, generator and \
+         kernel threads) minus the same for the XDP_TX reflector, which moves each packet with \
+         the cheapest possible XDP program: what remains is what forwarding through the relay \
+         adds. Generator and relay share the machine.\n"
+    );
+
+    let _ = writeln!(o, "## Flood at a fixed rate (namespace topology)\n");
+    let _ = writeln!(
+        o,
+        "| forwarder | delivered pps | loss | CPU/packet (machine) | forwarder's share | XDP program | userspace datagrams | latency p50 / p99 (us) |\n|---|---|---|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario == "flood-rate") {
+        let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
+            let _ = writeln!(
+                o,
+                "| {} | failed: {} |||||||",
+                k.forwarder,
+                k.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let (sent, lost) = f
+            .directions
+            .iter()
+            .fold((0, 0), |(s, l), d| (s + d.totals.sent, l + d.totals.lost));
+        let lat = |p: fn(&crate::stats::LatencySummary) -> f64| {
+            f.directions
+                .iter()
+                .map(|d| p(&d.totals.latency))
+                .fold(0.0_f64, f64::max)
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.3} % | {} ns | {} | {} | {} | {:.0} / {:.0} |",
+            k.forwarder,
+            f.delivered_pps,
+            if sent > 0 {
+                100.0 * lost as f64 / sent as f64
+            } else {
+                0.0
+            },
+            opt(f.cpu.ns_per_delivered_packet, 0),
+            if k.forwarder == "reflector" {
+                "(floor)".into()
+            } else {
+                share(c, k.forwarder).map_or("-".into(), |s| format!("{s:.0} ns"))
+            },
+            k.report
+                .as_ref()
+                .and_then(program_ns)
+                .map_or("-".into(), |p| format!("{p:.1} ns")),
+            f.relay_userspace_datagrams
+                .map_or("-".into(), |n| n.to_string()),
+            lat(|l| l.p50_us),
+            lat(|l| l.p99_us),
+        );
+    }
+
+    let _ = writeln!(o, "\n## Flood at saturation (namespace topology)\n");
+    let _ = writeln!(
+        o,
+        "| forwarder | sent pps | delivered pps | loss | relay CPU | generator CPU |\n|---|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario == "flood-max") {
+        let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
+            let _ = writeln!(
+                o,
+                "| {} | failed: {} |||||",
+                k.forwarder,
+                k.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let (sent, lost) = f
+            .directions
+            .iter()
+            .fold((0, 0), |(s, l), d| (s + d.totals.sent, l + d.totals.lost));
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {:.0} | {:.2} % | {:.2} s | {:.2} s |",
+            k.forwarder,
+            f.sent_pps,
+            f.delivered_pps,
+            if sent > 0 {
+                100.0 * lost as f64 / sent as f64
+            } else {
+                0.0
+            },
+            f.cpu.relay_s,
+            f.cpu.generator_s
+        );
+    }
+
+    let _ = writeln!(o, "\n## Control plane (loopback, concurrency 16)\n");
+    let _ = writeln!(
+        o,
+        "| target | cycles/s | failed | cycle p50 / p99 (ms) | relay CPU per cycle |\n|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario == "control") {
+        let Some(r) = k.report.as_ref().and_then(|r| r.control.as_ref()) else {
+            let _ = writeln!(
+                o,
+                "| {} | failed: {} ||||",
+                k.forwarder,
+                k.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let cpu = r
+            .usage
+            .relay_cpu
+            .as_ref()
+            .map(|u| u.total_s * 1e6 / r.cycles_ok.max(1) as f64);
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} | {} | {:.2} / {:.2} | {} us |",
+            k.forwarder,
+            r.cycles_per_s,
+            r.cycles_failed,
+            r.latency.cycle.p50_us / 1000.0,
+            r.latency.cycle.p99_us / 1000.0,
+            opt(cpu, 0)
+        );
+    }
+
+    let _ = writeln!(o, "\n## Steady calls (loopback, 50 pps each way)\n");
+    let _ = writeln!(
+        o,
+        "| target | calls up | delivered pps | lost | latency p50 / p99 (us) | relay CPU per packet |\n|---|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario == "steady") {
+        let Some(s) = k.report.as_ref().and_then(|r| r.steady.as_ref()) else {
+            let _ = writeln!(
+                o,
+                "| {} | failed: {} |||||",
+                k.forwarder,
+                k.error.as_deref().unwrap_or("?")
+            );
+            continue;
+        };
+        let lost: u64 = s.directions.iter().map(|d| d.totals.lost).sum();
+        let lat = |p: fn(&crate::stats::LatencySummary) -> f64| {
+            s.directions
+                .iter()
+                .map(|d| p(&d.window_latency))
+                .fold(0.0_f64, f64::max)
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} / {} | {:.0} | {} | {:.0} / {:.0} | {} ns |",
+            k.forwarder,
+            s.calls_up,
+            s.calls_requested,
+            s.delivered_pps,
+            lost,
+            lat(|l| l.p50_us),
+            lat(|l| l.p99_us),
+            opt(s.relay_cpu_ns_per_packet, 0)
+        );
+    }
+
+    let _ = writeln!(o, "\n## Charts\n");
+    let _ = writeln!(
+        o,
+        "![CPU per packet](cpu_per_packet.svg)\n![throughput](throughput.svg)\n![latency](latency_cdf.svg)\n"
+    );
+    let _ = writeln!(o, "## Commands\n");
+    for k in &c.cases {
+        let _ = writeln!(o, "- `{}` ({:.0} s)", k.command, k.seconds);
+    }
+    o
+}
+
+fn draw(c: &Comparison, out: &Path) -> Result<()> {
+    let shares: Vec<(String, f64)> = ["sluice-xdp", "sluice-user", "rtpengine"]
+        .iter()
+        .filter_map(|f| Some((f.to_string(), share(c, f)?)))
+        .collect();
+    charts::bars(
+        &out.join("cpu_per_packet.svg"),
+        "Machine CPU per forwarded packet, minus the XDP_TX floor",
+        "ns per packet",
+        &shares,
+    )?;
+    let max: Vec<(String, f64)> = c
+        .cases
+        .iter()
+        .filter(|k| k.scenario == "flood-max")
+        .filter_map(|k| {
+            Some((
+                k.forwarder.to_string(),
+                k.report.as_ref()?.flood.as_ref()?.delivered_pps,
+            ))
+        })
+        .collect();
+    charts::bars(
+        &out.join("throughput.svg"),
+        "Delivered at saturation (2 vCPUs shared with the generator)",
+        "packets per second",
+        &max,
+    )?;
+    let cdfs: Vec<(String, Vec<(f64, f64)>)> = c
+        .cases
+        .iter()
+        .filter(|k| k.scenario == "flood-rate")
+        .filter_map(|k| {
+            Some((
+                k.forwarder.to_string(),
+                k.report.as_ref()?.flood.as_ref()?.latency_cdf_us.clone(),
+            ))
+        })
+        .filter(|(_, pts)| !pts.is_empty())
+        .collect();
+    charts::cdf(
+        &out.join("latency_cdf.svg"),
+        "One-way latency at a fixed rate",
+        &cdfs,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_matrix_covers_every_forwarder_and_parses() {
+        let cases = matrix(true, true);
+        for (scenario, forwarder) in [
+            ("flood-rate", "reflector"),
+            ("flood-rate", "sluice-xdp"),
+            ("flood-rate", "sluice-user"),
+            ("flood-rate", "rtpengine"),
+            ("flood-max", "sluice-xdp"),
+            ("control", "sluice-grpc"),
+            ("control", "rtpengine"),
+            ("steady", "rtpengine"),
+        ] {
+            assert!(
+                cases
+                    .iter()
+                    .any(|(s, f, _)| *s == scenario && *f == forwarder),
+                "{scenario} {forwarder}"
+            );
+        }
+        for (_, _, args) in &cases {
+            let mut argv = vec!["run".to_string()];
+            argv.extend(args.iter().cloned());
+            RunOnly::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        }
+        assert!(
+            !matrix(true, false)
+                .iter()
+                .any(|(_, f, _)| f.starts_with("rtpengine"))
+        );
+    }
+
+    #[test]
+    fn ratios_and_markdown_without_results() {
+        assert_eq!(ratio(Some(2474.0), Some(447.0)), "5.5x");
+        assert_eq!(ratio(None, Some(1.0)), "n/a");
+        assert_eq!(ratio(Some(1.0), Some(0.0)), "n/a");
+        let c = Comparison {
+            date_utc: "2026-11-25T00:00:00Z".into(),
+            git_commit: None,
+            quick: true,
+            machine: Machine::probe(),
+            rtpengine: None,
+            cases: vec![Case {
+                scenario: "flood-rate",
+                forwarder: "sluice-xdp",
+                command: "sluice-bench run ...".into(),
+                seconds: 1.0,
+                report: None,
+                error: Some("no root".into()),
+            }],
+        };
+        let md = markdown(&c);
+        assert!(md.contains("| sluice-xdp | failed: no root"), "{md}");
+        assert!(md.contains("rtpengine not installed"), "{md}");
+    }
+}
