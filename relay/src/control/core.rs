@@ -289,6 +289,15 @@ impl CoreLoop {
                 let _ = reply.send(result);
             }
             Request::Get(call_id, reply) => {
+                // rtpproxy `Q` and GetSession report this call's kernel counters as of now,
+                // not as of the last periodic poll (up to XDP_POLL ago).
+                if let Some(fast_path) = &mut self.fast_path
+                    && let Some(info) = self.table.get(&call_id, now)
+                {
+                    fast_path
+                        .flows()
+                        .poll_streams(info.streams.iter().map(|s| s.id));
+                }
                 let _ = reply.send(self.table.get(&call_id, now));
             }
             Request::List(reply) => {

@@ -224,6 +224,16 @@ impl FlowTable {
             publish(installed, &self.stats, &mut self.totals);
         }
     }
+
+    /// [`FlowTable::poll`] for some streams only: a query about one call reads its flows now
+    /// instead of reporting counters up to a poll interval old.
+    pub fn poll_streams(&mut self, ids: impl IntoIterator<Item = StreamId>) {
+        for id in ids {
+            if let Some(installed) = self.streams.get_mut(&id) {
+                publish(installed, &self.stats, &mut self.totals);
+            }
+        }
+    }
 }
 
 fn offloaded_legs(entries: &[Entry]) -> [bool; 2] {
