@@ -346,12 +346,7 @@ pub fn markdown(c: &Comparison) -> String {
     );
     for k in c.cases.iter().filter(|k| k.scenario == "flood-rate") {
         let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
-            let _ = writeln!(
-                o,
-                "| {} | failed: {} |||||||",
-                k.forwarder,
-                k.error.as_deref().unwrap_or("?")
-            );
+            failed_row(&mut o, k, 8);
             continue;
         };
         let (sent, lost) = f
@@ -398,12 +393,7 @@ pub fn markdown(c: &Comparison) -> String {
     );
     for k in c.cases.iter().filter(|k| k.scenario == "flood-max") {
         let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
-            let _ = writeln!(
-                o,
-                "| {} | failed: {} |||||",
-                k.forwarder,
-                k.error.as_deref().unwrap_or("?")
-            );
+            failed_row(&mut o, k, 6);
             continue;
         };
         let (sent, lost) = f
@@ -433,12 +423,7 @@ pub fn markdown(c: &Comparison) -> String {
     );
     for k in c.cases.iter().filter(|k| k.scenario == "control") {
         let Some(r) = k.report.as_ref().and_then(|r| r.control.as_ref()) else {
-            let _ = writeln!(
-                o,
-                "| {} | failed: {} ||||",
-                k.forwarder,
-                k.error.as_deref().unwrap_or("?")
-            );
+            failed_row(&mut o, k, 5);
             continue;
         };
         let cpu = r
@@ -465,12 +450,7 @@ pub fn markdown(c: &Comparison) -> String {
     );
     for k in c.cases.iter().filter(|k| k.scenario == "steady") {
         let Some(s) = k.report.as_ref().and_then(|r| r.steady.as_ref()) else {
-            let _ = writeln!(
-                o,
-                "| {} | failed: {} |||||",
-                k.forwarder,
-                k.error.as_deref().unwrap_or("?")
-            );
+            failed_row(&mut o, k, 6);
             continue;
         };
         let lost: u64 = s.directions.iter().map(|d| d.totals.lost).sum();
@@ -504,6 +484,17 @@ pub fn markdown(c: &Comparison) -> String {
         let _ = writeln!(o, "- `{}` ({:.0} s)", k.command, k.seconds);
     }
     o
+}
+
+/// A table row for a case that produced no report: the error spans the remaining columns.
+fn failed_row(o: &mut String, k: &Case, columns: usize) {
+    let _ = writeln!(
+        o,
+        "| {} | failed: {} {}",
+        k.forwarder,
+        k.error.as_deref().unwrap_or("?"),
+        "|".repeat(columns - 1)
+    );
 }
 
 fn draw(c: &Comparison, out: &Path) -> Result<()> {

@@ -232,16 +232,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         },
         (None, Target::Rtpproxy) => bail!("--target rtpproxy needs --connect udp:127.0.0.1:PORT"),
         (None, Target::RtpengineNg) => {
-            let bin = match &a.relay_bin {
-                Some(b) => b.clone(),
-                None => rtpengine::find_bin()
-                    .unwrap_or_else(|| std::path::PathBuf::from(rtpengine::DEBIAN_BIN)),
-            };
-            let mut o = RtpengineOptions::loopback(bin, a.relay_ports.0, a.relay_ports.1);
-            o.threads = a.workers;
-            o.log_level = rtpengine::log_level(&a.relay_log_level);
-            o.delete_delay_s = a.quarantine.map_or(0, |q| q.as_secs() as u32);
-            let e = RtpengineProcess::spawn(&o, Duration::from_secs(15))?;
+            let e = RtpengineProcess::spawn(&rtpengine_options(a), Duration::from_secs(15))?;
             let r = Relay::Connected {
                 rtpp: e.ng,
                 pid: Some(e.pid()),
@@ -405,6 +396,21 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     })
 }
 
+/// rtpengine as `a` asks for, on loopback.
+fn rtpengine_options(a: &RunArgs) -> RtpengineOptions {
+    let bin = match &a.relay_bin {
+        Some(b) => b.clone(),
+        None => {
+            rtpengine::find_bin().unwrap_or_else(|| std::path::PathBuf::from(rtpengine::DEBIAN_BIN))
+        }
+    };
+    let mut o = RtpengineOptions::loopback(bin, a.relay_ports.0, a.relay_ports.1);
+    o.threads = a.workers;
+    o.log_level = rtpengine::log_level(&a.relay_log_level);
+    o.delete_delay_s = a.quarantine.map_or(0, |q| q.as_secs() as u32);
+    o
+}
+
 /// `--scenario flood`: on loopback or the namespace topology, against a relay or the XDP
 /// reflector.
 fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
@@ -495,14 +501,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             (forwarder, progs, info)
         }
         (Target::RtpengineNg, None) => {
-            let bin = match &a.relay_bin {
-                Some(b) => b.clone(),
-                None => rtpengine::find_bin()
-                    .unwrap_or_else(|| std::path::PathBuf::from(rtpengine::DEBIAN_BIN)),
-            };
-            let mut o = RtpengineOptions::loopback(bin, a.relay_ports.0, a.relay_ports.1);
-            o.threads = a.workers;
-            o.log_level = rtpengine::log_level(&a.relay_log_level);
+            let mut o = rtpengine_options(a);
             o.interfaces = vec![rtpengine::MediaInterface::new(place.relay_ip_for_caller)];
             o.netns = relay_ns.clone();
             let e = RtpengineProcess::spawn(&o, Duration::from_secs(15))?;
