@@ -146,6 +146,15 @@ struct Shared {
     send_errors: AtomicU64,
 }
 
+struct StopOnDrop(Arc<Shared>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_send.store(true, Ordering::Relaxed);
+        self.0.stop_recv.store(true, Ordering::Relaxed);
+    }
+}
+
 struct SideResult {
     rx: Vec<StreamRx>,
     misrouted: u64,
@@ -166,6 +175,9 @@ pub fn run(
     }
     let (callers, callees) = open_endpoints(forwarder, place, o)?;
     let shared = Arc::new(Shared::default());
+    // An error return below must not leave the threads flooding (compare goes on to the next
+    // case): they stop when this goes out of scope, whichever way.
+    let _stop = StopOnDrop(shared.clone());
     let per_side_rate = o.rate.map(|r| r / 2.0);
 
     let bpf_stats = if progs.is_empty() {
