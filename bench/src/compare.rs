@@ -48,6 +48,8 @@ pub struct Case {
     pub scenario: &'static str,
     /// reflector, sluice-xdp, sluice-user, sluice-grpc, rtpengine.
     pub forwarder: &'static str,
+    /// flood-rate runs are repeated, alternating forwarders; 0 for the rest.
+    pub round: u32,
     /// The equivalent `sluice-bench run` command line.
     pub command: String,
     pub seconds: f64,
@@ -65,8 +67,15 @@ pub struct Comparison {
     pub cases: Vec<Case>,
 }
 
+/// One entry of the matrix: scenario, forwarder, round, `sluice-bench run` arguments.
+pub type MatrixCase = (&'static str, &'static str, u32, Vec<String>);
+
+/// Rounds of `flood-rate` in the full matrix: the forwarder's share is a small difference of
+/// two totals, so it is taken per round against that round's reflector and the median quoted.
+const RATE_ROUNDS: u32 = 3;
+
 /// The `sluice-bench run` arguments of every case, in run order.
-pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, Vec<String>)> {
+pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
     let (window, warmup, rate, control_s, calls, steady_s) = if quick {
         ("4s", "1s", "40000", "3s", "200", "5s")
     } else {
@@ -88,7 +97,11 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, 
     }
     let mut cases = Vec::new();
     let flood = ["--scenario", "flood", "--net", "netns", "--warmup", warmup];
-    for (scenario, rate) in [("flood-rate", Some(rate)), ("flood-max", None)] {
+    let rounds = if quick { 1 } else { RATE_ROUNDS };
+    let runs = (1..=rounds)
+        .map(|r| ("flood-rate", Some(rate), r))
+        .chain([("flood-max", None, 0)]);
+    for (scenario, rate, round) in runs {
         for (name, target) in &forwarders {
             let mut args: Vec<String> = flood.iter().map(|s| s.to_string()).collect();
             args.extend(target.iter().map(|s| s.to_string()));
@@ -96,7 +109,7 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, 
             if let Some(r) = rate {
                 args.extend(["--rate".to_string(), r.to_string()]);
             }
-            cases.push((scenario, *name, args));
+            cases.push((scenario, *name, round, args));
         }
     }
     let mut control: Vec<(&str, &str)> = vec![
@@ -121,7 +134,7 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, 
         .map(|s| s.to_string())
         .chain(["--duration".to_string(), control_s.to_string()])
         .collect();
-        cases.push(("control", name, args));
+        cases.push(("control", name, 0, args));
     }
     for (name, target) in steady {
         let args = ["--scenario", "steady", "--target", target, "--calls", calls]
@@ -129,7 +142,7 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<(&'static str, &'static str, 
             .map(|s| s.to_string())
             .chain(["--duration".to_string(), steady_s.to_string()])
             .collect();
-        cases.push(("steady", name, args));
+        cases.push(("steady", name, 0, args));
     }
     cases
 }
@@ -169,7 +182,7 @@ pub fn run(c: &CompareArgs) -> Result<PathBuf> {
             .progress_chars("=> "),
     );
     let mut done = Vec::new();
-    for (scenario, forwarder, args) in cases {
+    for (scenario, forwarder, round, args) in cases {
         bar.set_message(format!("{scenario} {forwarder}"));
         let mut argv = vec!["run".to_string()];
         argv.extend(args.iter().cloned());
@@ -195,6 +208,7 @@ pub fn run(c: &CompareArgs) -> Result<PathBuf> {
         done.push(Case {
             scenario,
             forwarder,
+            round,
             command,
             seconds: started.elapsed().as_secs_f64(),
             report,
@@ -234,10 +248,49 @@ fn cpu_per_packet(r: &Report) -> Option<f64> {
     r.flood.as_ref()?.cpu.ns_per_delivered_packet
 }
 
-/// The forwarder's share: its machine CPU per packet minus the reflector's.
+fn find_round<'a>(c: &'a Comparison, forwarder: &str, round: u32) -> Option<&'a Report> {
+    c.cases
+        .iter()
+        .find(|k| k.scenario == "flood-rate" && k.forwarder == forwarder && k.round == round)
+        .and_then(|k| k.report.as_ref())
+}
+
+/// The forwarder's share in one round: its machine CPU per packet minus the reflector's.
+fn share_in(c: &Comparison, forwarder: &str, round: u32) -> Option<f64> {
+    let floor = cpu_per_packet(find_round(c, "reflector", round)?)?;
+    Some(cpu_per_packet(find_round(c, forwarder, round)?)? - floor)
+}
+
+/// The forwarder's share over the rounds: the median, and the lowest and highest.
+fn shares(c: &Comparison, forwarder: &str) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = c
+        .cases
+        .iter()
+        .filter(|k| k.scenario == "flood-rate" && k.forwarder == forwarder)
+        .filter_map(|k| share_in(c, forwarder, k.round))
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+}
+
+/// The median share.
 fn share(c: &Comparison, forwarder: &str) -> Option<f64> {
-    let floor = cpu_per_packet(find(c, "flood-rate", "reflector")?)?;
-    Some(cpu_per_packet(find(c, "flood-rate", forwarder)?)? - floor)
+    shares(c, forwarder).map(|(median, _, _)| median)
+}
+
+/// Median over the rounds of the XDP program cost of `forwarder`'s flood-rate runs.
+fn median_program_ns(c: &Comparison, forwarder: &str) -> Option<f64> {
+    let mut v: Vec<f64> = c
+        .cases
+        .iter()
+        .filter(|k| k.scenario == "flood-rate" && k.forwarder == forwarder)
+        .filter_map(|k| program_ns(k.report.as_ref()?))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 fn program_ns(r: &Report) -> Option<f64> {
@@ -284,8 +337,8 @@ pub fn markdown(c: &Comparison) -> String {
     let xdp_share = share(c, "sluice-xdp");
     let user_share = share(c, "sluice-user");
     let engine_share = share(c, "rtpengine");
-    let reflector_prog = find(c, "flood-rate", "reflector").and_then(program_ns);
-    let xdp_prog = find(c, "flood-rate", "sluice-xdp").and_then(program_ns);
+    let reflector_prog = median_program_ns(c, "reflector");
+    let xdp_prog = median_program_ns(c, "sluice-xdp");
     let max =
         |f: &str| find(c, "flood-max", f).and_then(|r| r.flood.as_ref().map(|f| f.delivered_pps));
     let cycles =
@@ -342,10 +395,11 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(o, "## Flood at a fixed rate (namespace topology)\n");
     let _ = writeln!(
         o,
-        "| forwarder | delivered pps | loss | CPU/packet (machine) | forwarder's share | XDP program | userspace datagrams | latency p50 / p99 (us) |\n|---|---|---|---|---|---|---|---|"
+        "| round | forwarder | delivered pps | loss | CPU/packet (machine) | forwarder's share | XDP program | userspace datagrams | latency p50 / p99 (us) |\n|---|---|---|---|---|---|---|---|---|"
     );
     for k in c.cases.iter().filter(|k| k.scenario == "flood-rate") {
         let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
+            let _ = write!(o, "| {} ", k.round);
             failed_row(&mut o, k, 8);
             continue;
         };
@@ -361,7 +415,8 @@ pub fn markdown(c: &Comparison) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {:.0} | {:.3} % | {} ns | {} | {} | {} | {:.0} / {:.0} |",
+            "| {} | {} | {:.0} | {:.3} % | {} ns | {} | {} | {} | {:.0} / {:.0} |",
+            k.round,
             k.forwarder,
             f.delivered_pps,
             if sent > 0 {
@@ -373,7 +428,7 @@ pub fn markdown(c: &Comparison) -> String {
             if k.forwarder == "reflector" {
                 "(floor)".into()
             } else {
-                share(c, k.forwarder).map_or("-".into(), |s| format!("{s:.0} ns"))
+                share_in(c, k.forwarder, k.round).map_or("-".into(), |s| format!("{s:.0} ns"))
             },
             k.report
                 .as_ref()
@@ -386,6 +441,16 @@ pub fn markdown(c: &Comparison) -> String {
         );
     }
 
+    let _ = writeln!(o);
+    for f in ["sluice-xdp", "sluice-user", "rtpengine"] {
+        if let Some((median, lo, hi)) = shares(c, f) {
+            let _ = writeln!(
+                o,
+                "- {f}: forwarder's share {median:.0} ns per packet (median of the rounds; \
+                 {lo:.0}-{hi:.0})"
+            );
+        }
+    }
     let _ = writeln!(o, "\n## Flood at saturation (namespace topology)\n");
     let _ = writeln!(
         o,
@@ -565,11 +630,18 @@ mod tests {
             assert!(
                 cases
                     .iter()
-                    .any(|(s, f, _)| *s == scenario && *f == forwarder),
+                    .any(|(s, f, _, _)| *s == scenario && *f == forwarder),
                 "{scenario} {forwarder}"
             );
         }
-        for (_, _, args) in &cases {
+        let rounds = |m: &[MatrixCase]| {
+            m.iter()
+                .filter(|(s, f, _, _)| *s == "flood-rate" && *f == "sluice-xdp")
+                .count()
+        };
+        assert_eq!(rounds(&cases), 1);
+        assert_eq!(rounds(&matrix(false, true)), RATE_ROUNDS as usize);
+        for (_, _, _, args) in &cases {
             let mut argv = vec!["run".to_string()];
             argv.extend(args.iter().cloned());
             RunOnly::try_parse_from(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
@@ -577,7 +649,7 @@ mod tests {
         assert!(
             !matrix(true, false)
                 .iter()
-                .any(|(_, f, _)| f.starts_with("rtpengine"))
+                .any(|(_, f, _, _)| f.starts_with("rtpengine"))
         );
     }
 
@@ -595,6 +667,7 @@ mod tests {
             cases: vec![Case {
                 scenario: "flood-rate",
                 forwarder: "sluice-xdp",
+                round: 1,
                 command: "sluice-bench run ...".into(),
                 seconds: 1.0,
                 report: None,
@@ -602,7 +675,7 @@ mod tests {
             }],
         };
         let md = markdown(&c);
-        assert!(md.contains("| sluice-xdp | failed: no root"), "{md}");
+        assert!(md.contains("| 1 | sluice-xdp | failed: no root"), "{md}");
         assert!(md.contains("rtpengine not installed"), "{md}");
     }
 }
