@@ -50,8 +50,29 @@ fn run(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On SIGINT/SIGTERM: remove the namespaces this run built, then exit. Relays the harness
+/// started die with it (PR_SET_PDEATHSIG) and its XDP programs detach when their fds close.
+fn clean_up_on_signals() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(signal) = signals.forever().next() {
+                    eprintln!("sluice-bench: signal {signal}: removing this run's namespaces");
+                    topo::down_all_live();
+                    std::process::exit(128 + signal);
+                }
+            });
+        }
+        Err(e) => {
+            eprintln!("sluice-bench: no signal handler ({e}): Ctrl-C leaves namespaces behind")
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    clean_up_on_signals();
     let result = match cli.command {
         Command::Run(args) => run(&args),
         Command::Compare(args) => sluice_bench::compare::run(&args).map(|dir| {

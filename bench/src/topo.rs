@@ -15,7 +15,28 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsFd;
 use std::process::Command;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Prefixes of the topologies this process built and still owns, so a signal handler can
+/// remove them ([`down_all_live`]) when Drop will not run.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn live() -> std::sync::MutexGuard<'static, Vec<String>> {
+    // A panic while holding the lock leaves a plain Vec behind: still usable.
+    LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes every topology this process built and has not torn down yet; for a SIGINT/SIGTERM
+/// handler (the process is about to exit without running destructors).
+pub fn down_all_live() {
+    let prefixes = live().clone();
+    for prefix in prefixes {
+        if let Err(e) = down(&prefix) {
+            eprintln!("topology {prefix}: teardown failed: {e}");
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopoError {
@@ -78,6 +99,7 @@ impl Topology {
             prefix: prefix.to_owned(),
             keep: false,
         };
+        live().push(prefix.to_owned());
         for role in [Role::Caller, Role::Relay, Role::Callee] {
             ip(&["netns", "add", &topo.ns(role)])?;
             ip(&["-n", &topo.ns(role), "link", "set", "lo", "up"])?;
@@ -154,6 +176,7 @@ impl Drop for Topology {
         {
             eprintln!("topology {}: teardown failed: {e}", self.prefix);
         }
+        live().retain(|p| *p != self.prefix);
     }
 }
 
