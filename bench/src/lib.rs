@@ -6,12 +6,14 @@
 //! memory and fds from /proc), `relay` (starting the relay under test), `scenario::{control,
 //! steady}` and `report`.
 pub mod charts;
+pub mod child;
 pub mod clock;
 pub mod compare;
 pub mod kernel;
 pub mod meter;
 pub mod ng_client;
 pub mod payload;
+pub mod pipeline;
 pub mod privileged;
 pub mod procstat;
 pub mod relay;

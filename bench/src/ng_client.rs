@@ -7,26 +7,24 @@
 //! point at the relay, from which [`Reply::media`] takes the relay's address (c= line, media
 //! level over session level) and ports (m= line; RTCP from a=rtcp, else port + 1).
 //!
-//! [`Pipeline`] mirrors [`crate::rtpp_client::Pipeline`]: many requests in flight on one
-//! connected socket, replies matched by cookie (`<random>_<seq>`), a request retransmitted with
-//! the same cookie after a timeout (Kamailio's rtpengine module: 1 s, 5 tries). Replies are read
-//! one `recv` at a time into a 64 KiB buffer because a delete reply carries the call's
-//! statistics and easily exceeds the 2 KiB slots of the rtpproxy client's batch receiver.
+//! [`Pipeline`] is the [`crate::pipeline`] core that [`crate::rtpp_client::Pipeline`] also
+//! uses: many requests in flight on one connected socket, replies matched by cookie
+//! (`<random>_<seq>`), a request retransmitted with the same cookie after a timeout (Kamailio's
+//! rtpengine module: 1 s, 5 tries). Replies are read one `recv` at a time into a 64 KiB buffer
+//! because a delete reply carries the call's statistics and easily exceeds the 2 KiB slots of
+//! the rtpproxy client's batch receiver.
 //!
 //! Bencode goes through `serde_bencode`: unlike `bendy`, it accepts dictionaries whose keys are
 //! not sorted, which is what rtpengine sends (`d3:sdp...6:result2:oke`).
 
-use std::collections::HashMap;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::clock::now_ns;
-use crate::rtpp_client::{PipelineStats, random_u32};
-use crate::sys;
+use crate::pipeline::{self, Wire};
 
 /// Offer/answer flags, as a Kamailio config typically passes them
 /// (`rtpengine_offer("replace-origin replace-session-connection ICE=remove")`): plain RTP/AVP,
@@ -359,233 +357,63 @@ pub fn parse_reply(datagram: &[u8]) -> Result<(&str, Result<Reply, NgError>), Pa
     Ok((cookie, outcome))
 }
 
-/// How a request ended.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The caller's tag given to [`Pipeline::submit`].
-    pub tag: u64,
-    pub result: Result<Reply, NgError>,
-    /// First send to reply (or to giving up), ns.
-    pub latency_ns: u64,
-    /// Retransmissions made (0 when the first send was answered).
-    pub retries: u32,
-}
+/// The ng protocol's side of the shared [`pipeline::Pipeline`]: a bencoded dictionary after
+/// the cookie, replies read one `recv` at a time into a 64 KiB buffer (see the module docs).
+pub struct NgWire;
 
-struct Pending {
-    tag: u64,
-    datagram: Vec<u8>,
-    first_sent_ns: u64,
-    deadline_ns: u64,
-    attempts: u32,
+impl Wire for NgWire {
+    type Request<'a> = Request<'a>;
+    type Reply = Reply;
+    type Error = NgError;
+    type Rx = Box<[u8]>;
+
+    fn new_rx() -> Box<[u8]> {
+        vec![0u8; MAX_REPLY].into_boxed_slice()
+    }
+
+    fn body_len_hint(request: &Request<'_>) -> usize {
+        request.sdp.map_or(64, |s| s.len() + 160)
+    }
+
+    fn encode(request: &Request<'_>, datagram: &mut Vec<u8>) {
+        request.encode_into(datagram);
+    }
+
+    fn parse(datagram: &[u8]) -> Option<(&str, Result<Reply, NgError>)> {
+        parse_reply(datagram).ok()
+    }
+
+    fn timeout(tries: u32) -> NgError {
+        NgError::Timeout { tries }
+    }
+
+    fn receive(
+        rx: &mut Box<[u8]>,
+        sock: &UdpSocket,
+        in_flight: usize,
+        mut on_reply: impl FnMut(&[u8], u64),
+    ) -> io::Result<()> {
+        // Bounded: at most twice what can be in flight, so a flood of strays cannot keep
+        // this loop from returning.
+        for _ in 0..(2 * in_flight).max(64) {
+            let n = match sock.recv(rx) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            on_reply(&rx[..n], now_ns());
+        }
+        Ok(())
+    }
 }
 
 /// Many ng requests in flight on one UDP socket.
-pub struct Pipeline {
-    sock: UdpSocket,
-    prefix: String,
-    next_seq: u64,
-    pending: HashMap<u64, Pending>,
-    to_send: Vec<u64>,
-    timeout_ns: u64,
-    tries: u32,
-    rx: Box<[u8]>,
-    pub stats: PipelineStats,
-}
+pub type Pipeline = pipeline::Pipeline<NgWire>;
 
-impl Pipeline {
-    /// Connects to `relay`'s ng port (loopback only: this harness never sends elsewhere; in a
-    /// network namespace, call it on a thread inside that namespace).
-    pub fn connect(relay: SocketAddr, timeout: Duration, tries: u32) -> io::Result<Pipeline> {
-        if !sys::is_loopback(&relay) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("refusing non-loopback control address {relay}"),
-            ));
-        }
-        let bind = if relay.is_ipv4() {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        } else {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))
-        };
-        let sock = UdpSocket::bind(bind)?;
-        sock.connect(relay)?;
-        sock.set_nonblocking(true)?;
-        sys::set_recv_buffer(sock.as_raw_fd(), 4 << 20)?;
-        Ok(Pipeline {
-            sock,
-            prefix: random_u32().to_string(),
-            next_seq: 0,
-            pending: HashMap::new(),
-            to_send: Vec::new(),
-            timeout_ns: timeout.as_nanos() as u64,
-            tries: tries.max(1),
-            rx: vec![0u8; MAX_REPLY].into_boxed_slice(),
-            stats: PipelineStats::default(),
-        })
-    }
-
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// The longest a request can take before it is given up.
-    pub fn give_up_after(&self) -> Duration {
-        Duration::from_nanos(self.timeout_ns * self.tries as u64)
-    }
-
-    /// Queues a request; it goes out at the next [`Pipeline::flush`] (or `poll`).
-    pub fn submit(&mut self, tag: u64, request: &Request<'_>) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut datagram =
-            Vec::with_capacity(self.prefix.len() + 24 + request.sdp.map_or(64, |s| s.len() + 160));
-        let _ = write!(datagram, "{}_{} ", self.prefix, seq);
-        request.encode_into(&mut datagram);
-        self.pending.insert(
-            seq,
-            Pending {
-                tag,
-                datagram,
-                first_sent_ns: 0,
-                deadline_ns: 0,
-                attempts: 0,
-            },
-        );
-        self.to_send.push(seq);
-        self.stats.requests += 1;
-    }
-
-    /// Sends everything queued (first sends and retransmissions).
-    pub fn flush(&mut self) -> io::Result<()> {
-        if self.to_send.is_empty() {
-            return Ok(());
-        }
-        let now = now_ns();
-        let seqs = std::mem::take(&mut self.to_send);
-        let bufs: Vec<&[u8]> = seqs
-            .iter()
-            .filter_map(|s| self.pending.get(s).map(|p| p.datagram.as_slice()))
-            .collect();
-        let n = match sys::send_batch(self.sock.as_raw_fd(), &bufs) {
-            Ok(n) => n,
-            // ECONNREFUSED from an earlier ICMP port unreachable: rtpengine is not (yet)
-            // there; the retransmit timer handles it.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => 0,
-            Err(e) => return Err(e),
-        };
-        drop(bufs);
-        self.stats.datagrams_sent += n as u64;
-        // Unsent ones (socket buffer full) count as sent and are retried on timeout.
-        for s in &seqs {
-            if let Some(p) = self.pending.get_mut(s) {
-                if p.attempts == 0 {
-                    p.first_sent_ns = now;
-                } else {
-                    self.stats.retransmits += 1;
-                }
-                p.attempts += 1;
-                p.deadline_ns = now + self.timeout_ns;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends what is queued, waits up to `max_wait_ns` for replies (less when a retransmission
-    /// is due), and appends finished requests to `out`.
-    pub fn poll(&mut self, max_wait_ns: u64, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.flush()?;
-        let now = now_ns();
-        let next_deadline = self
-            .pending
-            .values()
-            .map(|p| p.deadline_ns)
-            .min()
-            .unwrap_or(u64::MAX);
-        let wait = max_wait_ns.min(next_deadline.saturating_sub(now));
-        let fd = self.sock.as_raw_fd();
-        let readable = wait == 0 || sys::wait_readable(fd, wait)?;
-        if readable {
-            // Bounded: at most twice what can be in flight, so a flood of strays cannot keep
-            // this loop from returning.
-            for _ in 0..(2 * self.pending.len()).max(64) {
-                let n = match self.sock.recv(&mut self.rx) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
-                self.on_datagram(n, now_ns(), out);
-            }
-        }
-        self.expire(now_ns(), out);
-        Ok(())
-    }
-
-    fn on_datagram(&mut self, len: usize, at: u64, out: &mut Vec<Completion>) {
-        let Ok((cookie, result)) = parse_reply(&self.rx[..len]) else {
-            self.stats.unparsable_replies += 1;
-            return;
-        };
-        let seq = cookie
-            .split_once('_')
-            .filter(|(p, _)| *p == self.prefix)
-            .and_then(|(_, s)| s.parse::<u64>().ok());
-        let Some(p) = seq.and_then(|s| self.pending.remove(&s)) else {
-            self.stats.stray_replies += 1;
-            return;
-        };
-        out.push(Completion {
-            tag: p.tag,
-            result,
-            latency_ns: at.saturating_sub(p.first_sent_ns),
-            retries: p.attempts.saturating_sub(1),
-        });
-    }
-
-    fn expire(&mut self, now: u64, out: &mut Vec<Completion>) {
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.attempts > 0 && p.deadline_ns <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in due {
-            let Some(p) = self.pending.get(&seq) else {
-                continue;
-            };
-            if p.attempts >= self.tries {
-                let Some(p) = self.pending.remove(&seq) else {
-                    continue;
-                };
-                self.stats.timeouts += 1;
-                out.push(Completion {
-                    tag: p.tag,
-                    result: Err(NgError::Timeout { tries: p.attempts }),
-                    latency_ns: now.saturating_sub(p.first_sent_ns),
-                    retries: p.attempts.saturating_sub(1),
-                });
-            } else if !self.to_send.contains(&seq) {
-                self.to_send.push(seq);
-            }
-        }
-    }
-
-    /// One request, waiting for its completion (other completions are dropped: use it only
-    /// when nothing else is in flight).
-    pub fn call(&mut self, request: &Request<'_>) -> io::Result<Completion> {
-        const TAG: u64 = u64::MAX;
-        self.submit(TAG, request);
-        let mut out = Vec::new();
-        loop {
-            self.poll(self.timeout_ns, &mut out)?;
-            if let Some(i) = out.iter().position(|c| c.tag == TAG) {
-                return Ok(out.swap_remove(i));
-            }
-            out.clear();
-        }
-    }
-}
+/// How an ng request ended.
+pub type Completion = pipeline::Completion<Reply, NgError>;
 
 /// Sends `ping` with one short try; true when rtpengine answers `pong`.
 pub fn probe_ping(relay: SocketAddr, timeout: Duration) -> bool {
@@ -604,6 +432,7 @@ pub fn probe_ping(relay: SocketAddr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::testing::{FakeRelay, call_unanswered, complete};
 
     /// Replies recorded from Debian's rtpengine-daemon 10.5.3.5 (userspace, `--table=-1`) to
     /// the requests this client sends; see bench/tests/fixtures/ng/README.md.
@@ -833,71 +662,38 @@ mod tests {
         assert_eq!(r, Err(NgError::Refused(String::new())));
     }
 
-    /// A fake rtpengine on loopback that answers by cookie with recorded replies and drops
-    /// the first copy of every third request, so retransmission and matching are exercised.
+    /// A fake rtpengine answers by cookie with recorded replies and drops the first copy of
+    /// every third request.
     #[test]
     fn pipeline_matches_cookies_and_retransmits() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = server.local_addr().unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let t = std::thread::spawn(move || {
-            let reply_body = |raw: &[u8]| -> Vec<u8> {
-                let i = raw.iter().position(|&b| b == b' ').unwrap();
-                raw[i..].to_vec() // keeps the space
+        let reply_body = |raw: &[u8]| -> Vec<u8> {
+            let i = raw.iter().position(|&b| b == b' ').unwrap();
+            raw[i..].to_vec() // keeps the space
+        };
+        let offer = reply_body(fixture!("offer.reply.txt"));
+        let delete = reply_body(fixture!("delete.reply.txt"));
+        let error = reply_body(fixture!("answer-unknown-call.reply.txt"));
+        let relay = FakeRelay::start(move |cookie, _, body| {
+            let contains = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
+            let reply = if contains(b"5:offer") {
+                &offer
+            } else if contains(b"6:delete") {
+                &delete
+            } else {
+                &error
             };
-            let offer = reply_body(fixture!("offer.reply.txt"));
-            let delete = reply_body(fixture!("delete.reply.txt"));
-            let error = reply_body(fixture!("answer-unknown-call.reply.txt"));
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = vec![0u8; 65536];
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-            {
-                let Ok((n, from)) = server.recv_from(&mut buf) else {
-                    continue;
-                };
-                let msg = &buf[..n];
-                let sp = msg.iter().position(|&b| b == b' ').unwrap();
-                let cookie = std::str::from_utf8(&msg[..sp]).unwrap().to_owned();
-                let seq: u64 = cookie.split_once('_').unwrap().1.parse().unwrap();
-                if seq.is_multiple_of(3) && seen.insert(seq) {
-                    continue; // drop the first copy
-                }
-                let body = &msg[sp + 1..];
-                let contains = |s: &[u8]| body.windows(s.len()).any(|w| w == s);
-                let reply = if contains(b"5:offer") {
-                    &offer
-                } else if contains(b"6:delete") {
-                    &delete
-                } else {
-                    &error
-                };
-                let mut d = cookie.into_bytes();
-                d.extend_from_slice(reply);
-                server.send_to(&d, from).unwrap();
-            }
+            [cookie.as_bytes(), reply].concat()
         });
-        let mut p = Pipeline::connect(addr, Duration::from_millis(50), 3).unwrap();
+        let mut p = Pipeline::connect(relay.addr, Duration::from_millis(50), 3).unwrap();
         let caller = sdp(v4("127.0.0.1:40000"));
         for i in 0..10 {
             p.submit(i, &Request::offer("c", "f", &caller));
         }
         p.submit(10, &Request::delete("c", "f", "t"));
         p.submit(11, &Request::answer("x", "f", "t", &caller));
-        let mut out = Vec::new();
-        let until = now_ns() + 5_000_000_000;
-        while out.len() < 12 && now_ns() < until {
-            p.poll(10_000_000, &mut out).unwrap();
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        t.join().unwrap();
+        let out = complete(&mut p, 12);
+        relay.stop();
         assert_eq!(out.len(), 12);
-        out.sort_by_key(|c| c.tag);
         for c in &out[..10] {
             let m = c.result.as_ref().unwrap().media().unwrap();
             assert_eq!(m.rtp, v4("127.0.0.1:35000"));
@@ -915,19 +711,8 @@ mod tests {
 
     #[test]
     fn pipeline_times_out_after_the_tries() {
-        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut p =
-            Pipeline::connect(silent.local_addr().unwrap(), Duration::from_millis(20), 3).unwrap();
-        let c = p.call(&Request::ping()).unwrap();
+        let (c, copies) = call_unanswered::<NgWire>(&Request::ping());
         assert_eq!(c.result, Err(NgError::Timeout { tries: 3 }));
-        assert_eq!(c.retries, 2);
-        assert!(c.latency_ns >= 60_000_000);
-        silent.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 128];
-        let mut copies = Vec::new();
-        while let Ok(n) = silent.recv(&mut buf) {
-            copies.push(buf[..n].to_vec());
-        }
         assert_eq!(copies.len(), 3);
         assert!(copies.iter().all(|c| c == &copies[0]));
         assert!(copies[0].ends_with(b"_0 d7:command4:pinge"));

@@ -5,12 +5,13 @@ use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::child::ChildProcess;
 use crate::rtpp_client;
 
 /// How the harness configures a relay it starts.
@@ -126,8 +127,8 @@ mode = "{xdp}"
 
 /// A relay child process; SIGTERM then SIGKILL on drop, and its temporary directory removed.
 pub struct RelayProcess {
-    child: Option<Child>,
-    dir: PathBuf,
+    /// The process: pid, log tail, liveness, stop.
+    pub child: ChildProcess,
     pub rtpp: SocketAddr,
     pub grpc: SocketAddr,
     pub metrics: SocketAddr,
@@ -153,7 +154,8 @@ impl RelayProcess {
         let config = config_text(o, rtpp, grpc, metrics);
         let config_path = dir.join("sluice.toml");
         fs::write(&config_path, &config)?;
-        let log = fs::File::create(dir.join("relay.log"))?;
+        let log_file = dir.join("relay.log");
+        let log = fs::File::create(&log_file)?;
         // Started through `ip netns exec` rather than from a thread that entered the namespace:
         // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
         let mut cmd = match &o.netns {
@@ -181,8 +183,7 @@ impl RelayProcess {
             .spawn()
             .with_context(|| format!("starting {}", o.bin.display()))?;
         let mut relay = RelayProcess {
-            child: Some(child),
-            dir,
+            child: ChildProcess::new(child, dir, log_file),
             rtpp: SocketAddr::from(([127, 0, 0, 1], rtpp)),
             grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
             metrics: SocketAddr::from(([127, 0, 0, 1], metrics)),
@@ -190,10 +191,10 @@ impl RelayProcess {
         };
         let deadline = Instant::now() + ready_timeout;
         loop {
-            if let Some(status) = relay.child.as_mut().unwrap().try_wait()? {
+            if let Some(status) = relay.child.exited()? {
                 bail!(
                     "relay exited during startup ({status}); log:\n{}",
-                    relay.log_tail(30)
+                    relay.child.log_tail(30)
                 );
             }
             let probe = || rtpp_client::probe_version(relay.rtpp, Duration::from_millis(200));
@@ -209,56 +210,10 @@ impl RelayProcess {
                     "relay did not answer V on udp:{} within {ready_timeout:?} (is its rtpproxy front end \
                      implemented?); log:\n{}",
                     relay.rtpp,
-                    relay.log_tail(30)
+                    relay.child.log_tail(30)
                 );
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Last `n` lines of the relay's stdout/stderr.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = fs::read_to_string(self.dir.join("relay.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// True while the child runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// Stops the relay (SIGTERM, SIGKILL after `grace`); returns how long it took to exit.
-    pub fn stop(&mut self, grace: Duration) -> Option<Duration> {
-        let mut child = self.child.take()?;
-        let started = Instant::now();
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        while started.elapsed() < grace {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
-        if std::env::var_os("SLUICE_BENCH_KEEP_RELAY_DIR").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -288,7 +243,7 @@ impl Relay {
     /// The process to account CPU/memory for, when known.
     pub fn pid(&self) -> Option<u32> {
         match self {
-            Relay::Spawned(p) => Some(p.pid()),
+            Relay::Spawned(p) => Some(p.child.pid()),
             Relay::Connected { pid, .. } => *pid,
         }
     }

@@ -18,9 +18,10 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::child::ChildProcess;
 use crate::ng_client;
 use crate::topo::{self, TopoError};
 
@@ -198,8 +199,8 @@ fn ping(netns: Option<&str>, addr: SocketAddr, timeout: Duration) -> Result<bool
 
 /// A running rtpengine child.
 pub struct RtpengineProcess {
-    child: Option<Child>,
-    dir: PathBuf,
+    /// The process: pid, log tail, liveness, stop.
+    pub child: ChildProcess,
     /// The ng listener (loopback of its namespace).
     pub ng: SocketAddr,
     pub netns: Option<String>,
@@ -267,8 +268,7 @@ impl RtpengineProcess {
             source,
         })?;
         let mut engine = RtpengineProcess {
-            child: Some(child),
-            dir,
+            child: ChildProcess::new(child, dir, log_path),
             ng,
             netns: o.netns.clone(),
             bin: o.bin.clone(),
@@ -277,12 +277,14 @@ impl RtpengineProcess {
         };
         let deadline = Instant::now() + ready_timeout;
         loop {
-            if let Some(c) = engine.child.as_mut()
-                && let Some(status) = c.try_wait().map_err(io_err("waiting for rtpengine"))?
+            if let Some(status) = engine
+                .child
+                .exited()
+                .map_err(io_err("waiting for rtpengine"))?
             {
                 return Err(RtpengineError::Exited {
                     status,
-                    log: engine.log_tail(30),
+                    log: engine.child.log_tail(30),
                 });
             }
             if ping(engine.netns.as_deref(), ng, Duration::from_millis(200))? {
@@ -292,58 +294,10 @@ impl RtpengineProcess {
                 return Err(RtpengineError::NoPong {
                     addr: ng,
                     timeout: ready_timeout,
-                    log: engine.log_tail(30),
+                    log: engine.child.log_tail(30),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Last `n` lines of rtpengine's stderr.
-    pub fn log_tail(&self, n: usize) -> String {
-        let text = fs::read_to_string(self.dir.join("rtpengine.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// True while the child runs.
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    /// Stops rtpengine (SIGTERM, SIGKILL after `grace`); returns how long it took to exit.
-    pub fn stop(&mut self, grace: Duration) -> Option<Duration> {
-        let mut child = self.child.take()?;
-        let started = Instant::now();
-        if let Ok(pid) = i32::try_from(child.id()) {
-            // SAFETY: signalling our own child by pid.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        while started.elapsed() < grace {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Some(started.elapsed());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        None
-    }
-}
-
-impl Drop for RtpengineProcess {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
-        if std::env::var_os("SLUICE_BENCH_KEEP_RELAY_DIR").is_none() {
-            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -448,7 +402,7 @@ mod tests {
         let o = RtpengineOptions::loopback(bin, 36000, 36099);
         let engine =
             RtpengineProcess::spawn(&o, Duration::from_secs(15)).expect("rtpengine starts");
-        let pid = engine.pid();
+        let pid = engine.child.pid();
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         assert_eq!(comm.trim(), "rtpengine", "the child is rtpengine itself");
         let mut p = ng_client::Pipeline::connect(engine.ng, Duration::from_millis(500), 3).unwrap();
@@ -489,7 +443,7 @@ mod tests {
         o.netns = Some(ns.clone());
         let engine =
             RtpengineProcess::spawn(&o, Duration::from_secs(15)).expect("rtpengine starts");
-        let pid = engine.pid();
+        let pid = engine.child.pid();
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         assert_eq!(comm.trim(), "rtpengine");
         let ng = engine.ng;

@@ -1,24 +1,26 @@
 //! rtpproxy control protocol client over UDP (the datagram mode Kamailio and OpenSIPS use).
 //!
 //! Every request is `<cookie> <command>\n` with a unique cookie `<random>_<seq>` (Kamailio's
-//! `gencookie` format); the reply is `<cookie> <result>\n`. [`Pipeline`] keeps many requests in
-//! flight on one connected socket (sendmmsg/recvmmsg), matches replies by cookie, and
-//! retransmits a request with the same cookie after a timeout (Kamailio: 1 s, 5 tries), counting
-//! retries. [`Pipeline::call`] is the one-at-a-time form.
+//! `gencookie` format); the reply is `<cookie> <result>\n`. [`Pipeline`] (the shared
+//! [`crate::pipeline`] core) keeps many requests in flight on one connected socket
+//! (sendmmsg/recvmmsg), matches replies by cookie, and retransmits a request with the same
+//! cookie after a timeout (Kamailio: 1 s, 5 tries), counting retries. [`Pipeline::call`] is the
+//! one-at-a-time form.
 //!
 //! Replies ([`parse_reply`]): `port addr` / `port addr 6` / `port` for U and L, `0` for a
 //! successful D (and for L on an unknown session), `E<n>` for errors, anything else as text
 //! (`20040107` for V).
 
-use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use crate::clock::now_ns;
+use crate::pipeline::{self, Wire};
 use crate::sys;
+
+pub use crate::pipeline::PipelineStats;
 
 /// The base protocol version `V` returns.
 pub const PROTOCOL_VERSION: &str = "20040107";
@@ -178,244 +180,75 @@ pub fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-/// How a request ended.
-#[derive(Debug, Clone)]
-pub struct Completion {
-    /// The caller's tag given to [`Pipeline::submit`].
-    pub tag: u64,
-    pub result: Result<ReplyBody, ReplyError>,
-    /// First send to reply (or to giving up), ns.
-    pub latency_ns: u64,
-    /// Retransmissions made (0 when the first send was answered).
-    pub retries: u32,
-}
+/// The rtpproxy protocol's side of the shared [`pipeline::Pipeline`]: a command line after
+/// the cookie, replies read in recvmmsg batches (they are short).
+pub struct RtppWire;
 
-struct Pending {
-    tag: u64,
-    datagram: Vec<u8>,
-    first_sent_ns: u64,
-    deadline_ns: u64,
-    attempts: u32,
-}
+/// Datagrams read per recvmmsg.
+const RECV_BATCH: usize = 64;
 
-/// Counters of the pipeline's own activity.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct PipelineStats {
-    pub requests: u64,
-    pub datagrams_sent: u64,
-    pub retransmits: u64,
-    pub timeouts: u64,
-    /// Replies whose cookie matched nothing in flight (answers to retransmits arriving late,
-    /// or foreign cookies).
-    pub stray_replies: u64,
-    pub unparsable_replies: u64,
-}
+impl Wire for RtppWire {
+    type Request<'a> = str;
+    type Reply = ReplyBody;
+    type Error = ReplyError;
+    type Rx = sys::RecvBatch;
 
-/// Many requests in flight on one UDP socket.
-pub struct Pipeline {
-    sock: UdpSocket,
-    prefix: String,
-    next_seq: u64,
-    pending: HashMap<u64, Pending>,
-    to_send: Vec<u64>,
-    timeout_ns: u64,
-    tries: u32,
-    rx: sys::RecvBatch,
-    pub stats: PipelineStats,
-}
+    fn new_rx() -> sys::RecvBatch {
+        sys::RecvBatch::new(RECV_BATCH)
+    }
 
-impl Pipeline {
-    /// Connects to `relay` (which must be loopback: this harness never sends elsewhere).
-    pub fn connect(relay: SocketAddr, timeout: Duration, tries: u32) -> io::Result<Pipeline> {
-        if !sys::is_loopback(&relay) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("refusing non-loopback control address {relay}"),
-            ));
-        }
-        let bind: SocketAddr = if relay.is_ipv4() {
-            "127.0.0.1:0".parse().unwrap()
-        } else {
-            "[::1]:0".parse().unwrap()
+    fn body_len_hint(command: &str) -> usize {
+        command.len()
+    }
+
+    fn encode(command: &str, datagram: &mut Vec<u8>) {
+        datagram.extend_from_slice(command.as_bytes());
+        datagram.push(b'\n');
+    }
+
+    fn parse(datagram: &[u8]) -> Option<(&str, Result<ReplyBody, ReplyError>)> {
+        let (cookie, body) = parse_reply(datagram).ok()?;
+        let result = match body {
+            ReplyBody::Error(c) => Err(ReplyError::Code(c)),
+            other => Ok(other),
         };
-        let sock = UdpSocket::bind(bind)?;
-        sock.connect(relay)?;
-        sock.set_nonblocking(true)?;
-        sys::set_recv_buffer(sock.as_raw_fd(), 4 << 20)?;
-        Ok(Pipeline {
-            sock,
-            prefix: random_u32().to_string(),
-            next_seq: 0,
-            pending: HashMap::new(),
-            to_send: Vec::new(),
-            timeout_ns: timeout.as_nanos() as u64,
-            tries: tries.max(1),
-            rx: sys::RecvBatch::new(64),
-            stats: PipelineStats::default(),
-        })
+        Some((cookie, result))
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.pending.len()
+    fn timeout(tries: u32) -> ReplyError {
+        ReplyError::Timeout { tries }
     }
 
-    /// The longest a request can take before it is given up.
-    pub fn give_up_after(&self) -> Duration {
-        Duration::from_nanos(self.timeout_ns * self.tries as u64)
-    }
-
-    /// Queues a request; it goes out at the next [`Pipeline::flush`] (or `poll`).
-    pub fn submit(&mut self, tag: u64, command: &str) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut datagram = String::with_capacity(self.prefix.len() + 24 + command.len());
-        let _ = writeln!(datagram, "{}_{} {}", self.prefix, seq, command);
-        self.pending.insert(
-            seq,
-            Pending {
-                tag,
-                datagram: datagram.into_bytes(),
-                first_sent_ns: 0,
-                deadline_ns: 0,
-                attempts: 0,
-            },
-        );
-        self.to_send.push(seq);
-        self.stats.requests += 1;
-    }
-
-    /// Sends everything queued (first sends and retransmissions).
-    pub fn flush(&mut self) -> io::Result<()> {
-        if self.to_send.is_empty() {
-            return Ok(());
-        }
-        let now = now_ns();
-        let seqs = std::mem::take(&mut self.to_send);
-        let bufs: Vec<&[u8]> = seqs
-            .iter()
-            .filter_map(|s| self.pending.get(s).map(|p| p.datagram.as_slice()))
-            .collect();
-        let n = match sys::send_batch(self.sock.as_raw_fd(), &bufs) {
-            Ok(n) => n,
-            // ECONNREFUSED from an earlier ICMP port unreachable: the relay is not (yet) there;
-            // the retransmit timer handles it.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => 0,
-            Err(e) => return Err(e),
-        };
-        drop(bufs);
-        self.stats.datagrams_sent += n as u64;
-        // Unsent ones (socket buffer full) count as sent and are retried on timeout.
-        for s in &seqs {
-            if let Some(p) = self.pending.get_mut(s) {
-                if p.attempts == 0 {
-                    p.first_sent_ns = now;
-                } else {
-                    self.stats.retransmits += 1;
-                }
-                p.attempts += 1;
-                p.deadline_ns = now + self.timeout_ns;
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends what is queued, waits up to `max_wait_ns` for replies (less when a retransmission
-    /// is due), and appends finished requests to `out`.
-    pub fn poll(&mut self, max_wait_ns: u64, out: &mut Vec<Completion>) -> io::Result<()> {
-        self.flush()?;
-        let now = now_ns();
-        let next_deadline = self
-            .pending
-            .values()
-            .map(|p| p.deadline_ns)
-            .min()
-            .unwrap_or(u64::MAX);
-        let wait = max_wait_ns.min(next_deadline.saturating_sub(now));
-        let fd = self.sock.as_raw_fd();
-        let readable = wait == 0 || sys::wait_readable(fd, wait)?;
-        if readable {
-            loop {
-                let n = match self.rx.recv(fd) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => 0,
-                    Err(e) => return Err(e),
-                };
-                let at = now_ns();
-                for i in 0..n {
-                    self.on_datagram(i, at, out);
-                }
-                if n < 64 {
-                    break;
-                }
-            }
-        }
-        self.expire(now_ns(), out);
-        Ok(())
-    }
-
-    fn on_datagram(&mut self, i: usize, at: u64, out: &mut Vec<Completion>) {
-        let Ok((cookie, body)) = parse_reply(self.rx.get(i)) else {
-            self.stats.unparsable_replies += 1;
-            return;
-        };
-        let seq = cookie
-            .split_once('_')
-            .filter(|(p, _)| *p == self.prefix)
-            .and_then(|(_, s)| s.parse::<u64>().ok());
-        let Some(p) = seq.and_then(|s| self.pending.remove(&s)) else {
-            self.stats.stray_replies += 1;
-            return;
-        };
-        out.push(Completion {
-            tag: p.tag,
-            result: match body {
-                ReplyBody::Error(c) => Err(ReplyError::Code(c)),
-                other => Ok(other),
-            },
-            latency_ns: at.saturating_sub(p.first_sent_ns),
-            retries: p.attempts.saturating_sub(1),
-        });
-    }
-
-    fn expire(&mut self, now: u64, out: &mut Vec<Completion>) {
-        let due: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.attempts > 0 && p.deadline_ns <= now)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in due {
-            let p = &self.pending[&seq];
-            if p.attempts >= self.tries {
-                let p = self.pending.remove(&seq).unwrap();
-                self.stats.timeouts += 1;
-                out.push(Completion {
-                    tag: p.tag,
-                    result: Err(ReplyError::Timeout { tries: p.attempts }),
-                    latency_ns: now.saturating_sub(p.first_sent_ns),
-                    retries: p.attempts.saturating_sub(1),
-                });
-            } else if !self.to_send.contains(&seq) {
-                self.to_send.push(seq);
-            }
-        }
-    }
-
-    /// One request, waiting for its completion (other completions are dropped: use it only
-    /// when nothing else is in flight).
-    pub fn call(&mut self, command: &str) -> io::Result<Completion> {
-        const TAG: u64 = u64::MAX;
-        self.submit(TAG, command);
-        let mut out = Vec::new();
+    fn receive(
+        rx: &mut sys::RecvBatch,
+        sock: &UdpSocket,
+        _in_flight: usize,
+        mut on_reply: impl FnMut(&[u8], u64),
+    ) -> io::Result<()> {
+        let fd = sock.as_raw_fd();
         loop {
-            self.poll(self.timeout_ns, &mut out)?;
-            if let Some(i) = out.iter().position(|c| c.tag == TAG) {
-                return Ok(out.swap_remove(i));
+            let n = match rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => 0,
+                Err(e) => return Err(e),
+            };
+            let at = now_ns();
+            for i in 0..n {
+                on_reply(rx.get(i), at);
             }
-            out.clear();
+            // A short batch means the socket is drained.
+            if n < RECV_BATCH {
+                return Ok(());
+            }
         }
     }
 }
+
+/// Many rtpproxy requests in flight on one UDP socket.
+pub type Pipeline = pipeline::Pipeline<RtppWire>;
+
+/// How an rtpproxy request ended.
+pub type Completion = pipeline::Completion<ReplyBody, ReplyError>;
 
 /// Asks `V` with one short try; true when the relay answers the rtpproxy base version.
 pub fn probe_version(relay: SocketAddr, timeout: Duration) -> bool {
@@ -428,6 +261,7 @@ pub fn probe_version(relay: SocketAddr, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::testing::{FakeRelay, call_unanswered, complete};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> Option<IpAddr> {
@@ -600,59 +434,26 @@ mod tests {
         assert!(cmd::offer("c", IpAddr::V6(Ipv6Addr::LOCALHOST), 1, "f").starts_with("U6c0,8 "));
     }
 
-    /// A fake relay on loopback: answers by cookie, drops the first copy of every third
-    /// request, so retransmission and matching are exercised.
+    /// A fake relay answers by cookie and drops the first copy of every third request.
     #[test]
     fn pipeline_matches_cookies_and_retransmits() {
-        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
-        server
-            .set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        let addr = server.local_addr().unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let t = std::thread::spawn(move || {
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 512];
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-            {
-                let Ok((n, from)) = server.recv_from(&mut buf) else {
-                    continue;
-                };
-                let text = std::str::from_utf8(&buf[..n])
-                    .unwrap()
-                    .trim_end()
-                    .to_owned();
-                let (cookie, command) = text.split_once(' ').unwrap();
-                let seq: u64 = cookie.split_once('_').unwrap().1.parse().unwrap();
-                if seq.is_multiple_of(3) && seen.insert(seq) {
-                    continue; // drop the first copy
-                }
-                let reply = match command.chars().next().unwrap() {
-                    'U' => format!("{cookie} {} 127.0.0.1\n", 30000 + seq),
-                    'D' => format!("{cookie} 0\n"),
-                    _ => format!("{cookie} E1\n"),
-                };
-                server.send_to(reply.as_bytes(), from).unwrap();
+        let relay = FakeRelay::start(|cookie, seq, command| {
+            match command.first() {
+                Some(b'U') => format!("{cookie} {} 127.0.0.1\n", 30000 + seq),
+                Some(b'D') => format!("{cookie} 0\n"),
+                _ => format!("{cookie} E1\n"),
             }
+            .into_bytes()
         });
-        let mut p = Pipeline::connect(addr, Duration::from_millis(50), 3).unwrap();
+        let mut p = Pipeline::connect(relay.addr, Duration::from_millis(50), 3).unwrap();
         for i in 0..10 {
             p.submit(i, &cmd::offer("c", IpAddr::V4(Ipv4Addr::LOCALHOST), 1, "f"));
         }
         p.submit(10, "D c f t");
         p.submit(11, "X");
-        let mut out = Vec::new();
-        let until = now_ns() + 5_000_000_000;
-        while out.len() < 12 && now_ns() < until {
-            p.poll(10_000_000, &mut out).unwrap();
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        t.join().unwrap();
+        let out = complete(&mut p, 12);
+        relay.stop();
         assert_eq!(out.len(), 12);
-        out.sort_by_key(|c| c.tag);
         for c in &out[..10] {
             let port = 30000 + c.tag as u16;
             assert_eq!(
@@ -672,23 +473,12 @@ mod tests {
 
     #[test]
     fn pipeline_times_out_after_the_tries() {
-        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut p =
-            Pipeline::connect(silent.local_addr().unwrap(), Duration::from_millis(20), 3).unwrap();
-        let c = p.call("V").unwrap();
+        let (c, copies) = call_unanswered::<RtppWire>("V");
         assert_eq!(c.result, Err(ReplyError::Timeout { tries: 3 }));
-        assert_eq!(c.retries, 2);
-        assert!(c.latency_ns >= 60_000_000);
         // All three copies reached the socket, with the same cookie.
-        silent.set_nonblocking(true).unwrap();
-        let mut buf = [0u8; 128];
-        let mut cookies = Vec::new();
-        while let Ok(n) = silent.recv(&mut buf) {
-            cookies.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-        }
-        assert_eq!(cookies.len(), 3);
-        assert!(cookies.iter().all(|c| c == &cookies[0]));
-        assert!(cookies[0].ends_with(" V\n"));
+        assert_eq!(copies.len(), 3);
+        assert!(copies.iter().all(|c| c == &copies[0]));
+        assert!(copies[0].ends_with(b" V\n"));
     }
 
     #[test]

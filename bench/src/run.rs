@@ -235,7 +235,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             let e = RtpengineProcess::spawn(&rtpengine_options(a), Duration::from_secs(15))?;
             let r = Relay::Connected {
                 rtpp: e.ng,
-                pid: Some(e.pid()),
+                pid: Some(e.child.pid()),
             };
             engine = Some(e);
             r
@@ -353,24 +353,27 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         }
     };
     let relay_log_tail = match (&relay, &engine) {
-        (Relay::Spawned(p), _) => Some(p.log_tail(20)),
-        (Relay::Connected { .. }, Some(e)) => Some(e.log_tail(20)),
+        (Relay::Spawned(p), _) => Some(p.child.log_tail(20)),
+        (Relay::Connected { .. }, Some(e)) => Some(e.child.log_tail(20)),
         (Relay::Connected { .. }, None) => None,
     };
     if let Some(e) = &mut engine
-        && !e.alive()
+        && !e.child.alive()
     {
         bail!(
             "rtpengine exited during the run; its stderr:\n{}",
-            e.log_tail(30)
+            e.child.log_tail(30)
         );
     }
     drop(engine);
     let mut relay = relay;
     if let Relay::Spawned(p) = &mut relay
-        && !p.alive()
+        && !p.child.alive()
     {
-        bail!("the relay exited during the run; log:\n{}", p.log_tail(30));
+        bail!(
+            "the relay exited during the run; log:\n{}",
+            p.child.log_tail(30)
+        );
     }
     drop(relay);
     Ok(Report {
@@ -487,7 +490,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             let info = RelayInfo {
                 mode: "spawned".into(),
                 bin: Some(bin.display().to_string()),
-                pid: Some(p.pid()),
+                pid: Some(p.child.pid()),
                 rtpp: format!("udp:{}", p.rtpp),
                 config: Some(p.config.clone()),
                 build: Placement::run_in(relay_ns.as_deref(), || relay::build_info(metrics))?,
@@ -495,7 +498,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             let forwarder = Forwarder::Relay {
                 protocol: Protocol::Rtpp,
                 control: p.rtpp,
-                pid: Some(p.pid()),
+                pid: Some(p.child.pid()),
             };
             relay = Some(p);
             (forwarder, progs, info)
@@ -508,7 +511,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             let info = RelayInfo {
                 mode: "spawned".into(),
                 bin: Some(e.bin.display().to_string()),
-                pid: Some(e.pid()),
+                pid: Some(e.child.pid()),
                 rtpp: format!("ng:{}", e.ng),
                 config: Some(e.command.clone()),
                 build: e.version.clone(),
@@ -516,7 +519,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             let forwarder = Forwarder::Relay {
                 protocol: Protocol::Ng,
                 control: e.ng,
-                pid: Some(e.pid()),
+                pid: Some(e.child.pid()),
             };
             engine = Some(e);
             (forwarder, Vec::new(), info)
@@ -560,17 +563,23 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
     let result = flood::run(&forwarder, &place, &progs, &o)?;
     let relay_log_tail = relay
         .as_ref()
-        .map(|p| p.log_tail(20))
-        .or_else(|| engine.as_ref().map(|e| e.log_tail(20)));
+        .map(|p| p.child.log_tail(20))
+        .or_else(|| engine.as_ref().map(|e| e.child.log_tail(20)));
     if let Some(p) = &mut relay
-        && !p.alive()
+        && !p.child.alive()
     {
-        bail!("the relay exited during the run; log:\n{}", p.log_tail(30));
+        bail!(
+            "the relay exited during the run; log:\n{}",
+            p.child.log_tail(30)
+        );
     }
     if let Some(e) = &mut engine
-        && !e.alive()
+        && !e.child.alive()
     {
-        bail!("rtpengine exited during the run; log:\n{}", e.log_tail(30));
+        bail!(
+            "rtpengine exited during the run; log:\n{}",
+            e.child.log_tail(30)
+        );
     }
     // The relays go before the namespaces they live in.
     drop(relay);
