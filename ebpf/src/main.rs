@@ -321,13 +321,17 @@ fn route(
         && cache.dst == flow.new_dst
     {
         let egress = match (cache.kind, vlan) {
-            (ROUTE_TX, _) => Egress::Tx { tci: None },
-            (ROUTE_TX_VLAN, Some(tci)) => Egress::Tx {
+            (ROUTE_TX, None) => Some(Egress::Tx { tci: None }),
+            (ROUTE_TX_VLAN, Some(tci)) => Some(Egress::Tx {
                 tci: Some((tci & 0xf000) | (cache.vid & 0x0fff)),
-            },
-            _ => Egress::Redirect(cache.ifindex),
+            }),
+            (ROUTE_REDIRECT, None) => Some(Egress::Redirect(cache.ifindex)),
+            // Cannot happen (`tagged` matched); decide afresh rather than guess.
+            _ => None,
         };
-        return Ok((egress, cache.smac, cache.dmac));
+        if let Some(egress) = egress {
+            return Ok((egress, cache.smac, cache.dmac));
+        }
     }
     let decided = lookup(ctx, p, flow, vlan, ingress)?;
     let (kind, ifindex, vid) = match decided.0 {

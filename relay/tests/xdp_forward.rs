@@ -393,7 +393,8 @@ fn forwards_rewrites_and_checksums_hand_built_frames() {
     let relay_tx = sa(topo::RELAY_CALLER_SIDE_V4, 30_020);
     let side = sa(SIDE_V4, 6000);
 
-    let bench = topo
+    let shared1 = Arc::new(StreamShared::default());
+    let mut bench = topo
         .run_in(Role::Relay, || {
             let mut fast_path = FastPath::load(DEFAULT_MAX_FLOWS).expect("load");
             fast_path.add_device(topo::RELAY_CALLER_DEV).unwrap();
@@ -401,7 +402,7 @@ fn forwards_rewrites_and_checksums_hand_built_frames() {
             let shared = Arc::new(StreamShared::default());
             let flows = fast_path.flows();
             flows
-                .apply(1, &[flow(relay_a, caller, relay_b, callee)], &shared)
+                .apply(1, &[flow(relay_a, caller, relay_b, callee)], &shared1)
                 .unwrap();
             flows
                 .apply(2, &[flow(relay_a6, caller6, relay_b6, callee6)], &shared)
@@ -462,6 +463,32 @@ fn forwards_rewrites_and_checksums_hand_built_frames() {
         let o = parse(&out);
         assert_eq!((o.src, o.dst), (relay_tx, side));
         assert_eq!((o.dst_mac, o.src_mac), (SIDE_MAC, caller_dev_mac));
+
+        // A relatch that moves a flow's destination to the other device: the next packet takes
+        // the new route, not the one this CPU cached for the flow.
+        let (verdict, _) = bench.run(&Udp::new(caller, relay_a).frame());
+        assert_eq!(verdict, XDP_REDIRECT, "cached route to the callee device");
+        bench
+            .fast_path
+            .flows()
+            .apply(1, &[flow(relay_a, caller, relay_tx, side)], &shared1)
+            .unwrap();
+        let (verdict, out) = bench.run(&Udp::new(caller, relay_a).frame());
+        assert_eq!(
+            verdict, XDP_TX,
+            "relatched to a remote on the ingress device"
+        );
+        let o = parse(&out);
+        assert_eq!((o.src, o.dst), (relay_tx, side));
+        assert_eq!((o.dst_mac, o.src_mac), (SIDE_MAC, caller_dev_mac));
+        bench
+            .fast_path
+            .flows()
+            .apply(1, &[flow(relay_a, caller, relay_b, callee)], &shared1)
+            .unwrap();
+        let (verdict, out) = bench.run(&Udp::new(caller, relay_a).frame());
+        assert_eq!(verdict, XDP_REDIRECT, "and back");
+        assert_eq!(parse(&out).dst_mac, CALLEE_MAC);
 
         // What the program must leave to the stack, untouched.
         let mut fragment = Udp::new(caller, relay_a);
