@@ -10,7 +10,8 @@
 //! - `flood-max`: the same unpaced: what each forwarder delivers when the generator pushes as
 //!   hard as it can, and the loss.
 //! - `control`: offer + answer + delete cycles per second at concurrency 16 (loopback).
-//! - `steady`: concurrent 50 pps calls (loopback, where XDP does not apply).
+//! - `steady`: concurrent 50 pps calls with RTCP on the namespace topology: the realistic load,
+//!   relay and machine CPU per packet, latency.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -116,10 +117,19 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
         ("sluice-user", "sluice-rtpp"),
         ("sluice-grpc", "sluice-grpc"),
     ];
-    let mut steady: Vec<(&str, &str)> = vec![("sluice-user", "sluice-rtpp")];
+    let mut steady: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "sluice-xdp",
+            vec!["--target", "sluice-rtpp", "--xdp", "native"],
+        ),
+        (
+            "sluice-user",
+            vec!["--target", "sluice-rtpp", "--xdp", "off"],
+        ),
+    ];
     if rtpengine {
         control.push(("rtpengine", "rtpengine-ng"));
-        steady.push(("rtpengine", "rtpengine-ng"));
+        steady.push(("rtpengine", vec!["--target", "rtpengine-ng"]));
     }
     for (name, target) in control {
         let args = [
@@ -137,8 +147,9 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
         cases.push(("control", name, 0, args));
     }
     for (name, target) in steady {
-        let args = ["--scenario", "steady", "--target", target, "--calls", calls]
+        let args = ["--scenario", "steady", "--net", "netns", "--calls", calls]
             .iter()
+            .chain(&target)
             .map(|s| s.to_string())
             .chain(["--duration".to_string(), steady_s.to_string()])
             .collect();
@@ -508,17 +519,29 @@ pub fn markdown(c: &Comparison) -> String {
         );
     }
 
-    let _ = writeln!(o, "\n## Steady calls (loopback, 50 pps each way)\n");
     let _ = writeln!(
         o,
-        "| target | calls up | delivered pps | lost | latency p50 / p99 (us) | relay CPU per packet |\n|---|---|---|---|---|---|"
+        "\n## Steady calls (namespace topology, 50 pps each way, RTCP every 5 s)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| target | calls up | delivered pps | lost | latency p50 / p99 (us) | relay CPU per packet | machine CPU per packet |\n|---|---|---|---|---|---|---|"
     );
     for k in c.cases.iter().filter(|k| k.scenario == "steady") {
         let Some(s) = k.report.as_ref().and_then(|r| r.steady.as_ref()) else {
-            failed_row(&mut o, k, 6);
+            failed_row(&mut o, k, 7);
             continue;
         };
         let lost: u64 = s.directions.iter().map(|d| d.totals.lost).sum();
+        // Relay + generator + ksoftirqd over the packets delivered in the window.
+        let machine = {
+            let u = &s.usage;
+            let cpu = u.relay_cpu.as_ref().map_or(0.0, |c| c.total_s)
+                + u.generator_cpu.as_ref().map_or(0.0, |c| c.total_s)
+                + u.ksoftirqd_cpu_s;
+            let packets = s.delivered_pps * s.window_s;
+            (packets > 0.0).then(|| cpu * 1e9 / packets)
+        };
         let lat = |p: fn(&crate::stats::LatencySummary) -> f64| {
             s.directions
                 .iter()
@@ -527,7 +550,7 @@ pub fn markdown(c: &Comparison) -> String {
         };
         let _ = writeln!(
             o,
-            "| {} | {} / {} | {:.0} | {} | {:.0} / {:.0} | {} ns |",
+            "| {} | {} / {} | {:.0} | {} | {:.0} / {:.0} | {} ns | {} ns |",
             k.forwarder,
             s.calls_up,
             s.calls_requested,
@@ -535,7 +558,8 @@ pub fn markdown(c: &Comparison) -> String {
             lost,
             lat(|l| l.p50_us),
             lat(|l| l.p99_us),
-            opt(s.relay_cpu_ns_per_packet, 0)
+            opt(s.relay_cpu_ns_per_packet, 0),
+            opt(machine, 0)
         );
     }
 
@@ -626,6 +650,7 @@ mod tests {
             ("control", "sluice-grpc"),
             ("control", "rtpengine"),
             ("steady", "rtpengine"),
+            ("steady", "sluice-xdp"),
         ] {
             assert!(
                 cases

@@ -148,7 +148,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub tries: u32,
 
-    /// Where the traffic flows (flood only for now).
+    /// Where the traffic flows (flood and steady; control always runs on loopback).
     #[arg(long, value_enum, default_value = "loopback")]
     pub net: Net,
     /// steady: concurrent calls [default 1000]; flood: calls [default 4].
@@ -200,11 +200,11 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     // The relay inherits the limit: 4 sockets per call on each side.
     crate::sys::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let machine = Machine::probe();
-    if a.scenario == Scenario::Flood {
-        return execute_flood(a, machine);
+    if a.scenario == Scenario::Flood || (a.scenario == Scenario::Steady && a.net == Net::Netns) {
+        return execute_media(a, machine);
     }
     if a.net != Net::Loopback {
-        bail!("--net netns is implemented for --scenario flood only");
+        bail!("--net netns is implemented for --scenario flood and steady");
     }
     let protocol = match a.target {
         Target::RtpengineNg => Protocol::Ng,
@@ -328,7 +328,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             };
             (Some(result), None)
         }
-        Scenario::Flood => bail!("flood runs in execute_flood"),
+        Scenario::Flood => bail!("flood runs in execute_media"),
         Scenario::Steady => {
             let o = SteadyOptions {
                 calls: a.calls.unwrap_or(1000),
@@ -345,6 +345,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 progress,
                 phases: a.phases,
                 direct: a.target == Target::Direct,
+                place: Placement::loopback(),
             };
             (
                 None,
@@ -414,9 +415,9 @@ fn rtpengine_options(a: &RunArgs) -> RtpengineOptions {
     o
 }
 
-/// `--scenario flood`: on loopback or the namespace topology, against a relay or the XDP
-/// reflector.
-fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
+/// `--scenario flood` (loopback or the namespace topology; a relay or the XDP reflector) and
+/// `--scenario steady --net netns`.
+fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
     let mut bed = match a.net {
         Net::Netns => Some(Testbed::up()?),
         Net::Loopback => None,
@@ -456,7 +457,11 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
             let mut o = SpawnOptions::loopback(bin.clone());
             o.workers = a.workers;
             (o.port_min, o.port_max) = a.relay_ports;
-            o.quarantine = format!("{}ms", a.quarantine.unwrap_or_default().as_millis());
+            let quarantine = a.quarantine.unwrap_or(match a.scenario {
+                Scenario::Steady => Duration::from_secs(10),
+                _ => Duration::ZERO,
+            });
+            o.quarantine = format!("{}ms", quarantine.as_millis());
             o.xdp = a.xdp.clone();
             o.log_level = a.relay_log_level.clone();
             o.address = place.relay_ip_for_caller;
@@ -560,7 +565,39 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
         tries: a.tries,
         progress: !a.quiet,
     };
-    let result = flood::run(&forwarder, &place, &progs, &o)?;
+    let (flood, steady) = match (a.scenario, &forwarder) {
+        (
+            Scenario::Steady,
+            Forwarder::Relay {
+                protocol,
+                control,
+                pid,
+            },
+        ) => {
+            let o = SteadyOptions {
+                calls: a.calls.unwrap_or(1000),
+                ramp: a.ramp,
+                duration: a.duration.unwrap_or(Duration::from_secs(30)),
+                pps: a.pps,
+                rtcp_interval: a.rtcp_interval,
+                send_threads: a.send_threads,
+                recv_threads: a.recv_threads,
+                endpoint_ports: a.endpoint_ports,
+                drain: a.drain,
+                timeout: a.timeout,
+                tries: a.tries,
+                progress: !a.quiet,
+                phases: a.phases,
+                direct: false,
+                place: place.clone(),
+            };
+            (None, Some(steady::run(*control, *protocol, *pid, &o)?))
+        }
+        (Scenario::Steady, Forwarder::Reflector) => {
+            bail!("--target reflector only works with --scenario flood")
+        }
+        _ => (Some(flood::run(&forwarder, &place, &progs, &o)?), None),
+    };
     let relay_log_tail = relay
         .as_ref()
         .map(|p| p.child.log_tail(20))
@@ -587,7 +624,7 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
     drop(bed);
     Ok(Report {
         tool: format!("sluice-bench {}", env!("CARGO_PKG_VERSION")),
-        scenario: "flood".into(),
+        scenario: format!("{:?}", a.scenario).to_lowercase(),
         target: match a.target {
             Target::Reflector => "xdp reflector (no relay)".into(),
             Target::RtpengineNg => format!("rtpengine-ng, {:?}", a.net).to_lowercase(),
@@ -600,8 +637,8 @@ fn execute_flood(a: &RunArgs, machine: Machine) -> Result<Report> {
         machine,
         relay: info,
         control: None,
-        steady: None,
-        flood: Some(result),
+        steady,
+        flood,
         relay_log_tail,
     })
 }

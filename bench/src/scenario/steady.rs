@@ -1,7 +1,8 @@
 //! Scenario `steady`: `calls` concurrent calls with RTP both ways at `pps` (default 50, one
 //! packet per 20 ms) and an RTCP sender report every `rtcp_interval` per direction.
 //!
-//! Each call has two endpoints on 127.0.0.1, caller and callee, each an RTP socket on an even
+//! Each call has two endpoints, caller and callee (on 127.0.0.1, or with `--net netns` in the
+//! caller and callee namespaces of the topology), each an RTP socket on an even
 //! port and an RTCP socket on the next one (so the SDP address + 1 convention holds). The call
 //! is set up with an offer (`U`: caller's address; the reply is where the callee sends) and an
 //! answer (`L`: callee's address; the reply is where the caller sends) at `ramp` calls per
@@ -48,6 +49,7 @@ use crate::scenario::Progress;
 use crate::signal::{CallIds, Completion, Protocol, Req, SignalError, Signalling};
 use crate::stats::{DirectionTotals, LatencySummary, StreamRx, latency_histogram, record};
 use crate::sys::{self, Epoll};
+use crate::testbed::Placement;
 
 #[derive(Debug, Clone)]
 pub struct SteadyOptions {
@@ -72,6 +74,9 @@ pub struct SteadyOptions {
     pub phases: u64,
     /// Baseline without a relay: caller and callee send straight to each other, no signalling.
     pub direct: bool,
+    /// Where the endpoints and the relay's control socket live (loopback, or the namespace
+    /// topology).
+    pub place: Placement,
 }
 
 /// Direction names, index = direction.
@@ -150,8 +155,9 @@ fn rtcp_of(a: SocketAddrV4) -> SocketAddrV4 {
     SocketAddrV4::new(*a.ip(), a.port().wrapping_add(1))
 }
 
-/// Binds `n` endpoint pairs (RTP even port, RTCP the next) in `range`, skipping taken ports.
-fn bind_endpoints(n: usize, range: (u16, u16)) -> io::Result<Vec<Endpoint>> {
+/// Binds `n` endpoint pairs (RTP even port, RTCP the next) on `ip` in `range`, skipping taken
+/// ports.
+fn bind_endpoints(n: usize, range: (u16, u16), ip: Ipv4Addr) -> io::Result<Vec<Endpoint>> {
     let mut out = Vec::with_capacity(n);
     let mut port = range.0 + range.0 % 2;
     while out.len() < n {
@@ -166,7 +172,7 @@ fn bind_endpoints(n: usize, range: (u16, u16)) -> io::Result<Vec<Endpoint>> {
                 ),
             ));
         }
-        let bind = |p: u16| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, p));
+        let bind = |p: u16| UdpSocket::bind(SocketAddrV4::new(ip, p));
         match (bind(port), bind(port + 1)) {
             (Ok(rtp), Ok(rtcp)) => {
                 rtp.set_nonblocking(true)?;
@@ -179,7 +185,7 @@ fn bind_endpoints(n: usize, range: (u16, u16)) -> io::Result<Vec<Endpoint>> {
                 return Err(io::Error::new(
                     e.kind(),
                     format!(
-                        "binding endpoint 127.0.0.1:{port} ({} of {n} pairs bound): {e} \
+                        "binding endpoint {ip}:{port} ({} of {n} pairs bound): {e} \
                          (4 sockets per call: raise `ulimit -n`)",
                         out.len()
                     ),
@@ -498,13 +504,36 @@ pub fn run(
     let n = o.calls;
     sys::raise_nofile_limit()?;
     let relay_before = relay_pid.and_then(|p| procstat::mem_fd(p).ok());
-    let mut eps = bind_endpoints(2 * n, o.endpoint_ports)?.into_iter();
+    let v4 = |ip: IpAddr| match ip {
+        IpAddr::V4(a) if crate::rtpengine::allowed_media_addr(ip) => Ok(a),
+        other => Err(anyhow::anyhow!(
+            "steady endpoints need an IPv4 loopback or benchmark-range address, not {other}"
+        )),
+    };
+    let (caller_ip, callee_ip) = (v4(o.place.caller_ip)?, v4(o.place.callee_ip)?);
+    anyhow::ensure!(
+        !o.direct || o.place.caller_ns.is_none(),
+        "--target direct runs on loopback only"
+    );
+    let bind =
+        |ns: Option<&str>, ip| Placement::run_in(ns, || bind_endpoints(n, o.endpoint_ports, ip));
+    let callers = bind(o.place.caller_ns.as_deref(), caller_ip)??;
+    // On loopback both sides share one address: the callees take the ports after the callers'.
+    let callee_ports = match o.place.callee_ns {
+        Some(_) => o.endpoint_ports,
+        None => (
+            callers.last().map_or(o.endpoint_ports.0, |e| e.port + 2),
+            o.endpoint_ports.1,
+        ),
+    };
+    let callees = Placement::run_in(o.place.callee_ns.as_deref(), || {
+        bind_endpoints(n, callee_ports, callee_ip)
+    })??;
     let calls: Arc<Vec<CallSockets>> = Arc::new(
-        (0..n)
-            .map(|_| CallSockets {
-                caller: eps.next().unwrap(),
-                callee: eps.next().unwrap(),
-            })
+        callers
+            .into_iter()
+            .zip(callees)
+            .map(|(caller, callee)| CallSockets { caller, callee })
             .collect(),
     );
     let routes: Arc<Vec<OnceLock<Route>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
@@ -551,7 +580,9 @@ pub fn run(
 
     // Ramp: set up the calls.
     tight_timer_slack();
-    let mut p = Signalling::connect(protocol, relay, o.timeout, o.tries)?;
+    let mut p = Placement::run_in(o.place.relay_ns.as_deref(), || {
+        Signalling::connect(protocol, relay, o.timeout, o.tries)
+    })??;
     let run_id = random_u32();
     let ids = |i: usize| {
         (
@@ -560,7 +591,8 @@ pub fn run(
             format!("tc{i}"),
         )
     };
-    let local = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    // Where a reply with a bare port (a relay bound to a wildcard) points.
+    let local = o.place.relay_ip_for_caller;
     let mut setup_errors = BTreeMap::new();
     let mut setup_retries = 0;
     let mut h_offer = latency_histogram();
@@ -571,13 +603,15 @@ pub fn run(
     let t_ramp = now_ns();
     let as_v4 = |m: MediaAddrs| -> Result<(SocketAddrV4, SocketAddrV4), SignalError> {
         match (m.rtp, m.rtcp) {
+            // The harness only ever sends to loopback or the namespaces it built.
             (SocketAddr::V4(rtp), SocketAddr::V4(rtcp))
-                if rtp.ip().is_loopback() && rtcp.ip().is_loopback() =>
+                if crate::rtpengine::allowed_media_addr(m.rtp.ip())
+                    && crate::rtpengine::allowed_media_addr(m.rtcp.ip()) =>
             {
                 Ok((rtp, rtcp))
             }
             (other, _) => Err(SignalError::Unusable(format!(
-                "non-loopback or IPv6 media address {other}"
+                "IPv6 media address or one outside loopback and 198.18.0.0/15: {other}"
             ))),
         }
     };
@@ -602,7 +636,7 @@ pub fn run(
             from_tag: &from,
             to_tag: &to,
         };
-        let caller_media = SocketAddr::new(local, calls[i].caller.port);
+        let caller_media = SocketAddr::new(caller_ip.into(), calls[i].caller.port);
         let c = p.call(Req::Offer(call_ids, caller_media))?;
         setup_retries += c.retries as u64;
         let (callee_to, callee_to_rtcp) =
@@ -616,7 +650,7 @@ pub fn run(
                     continue;
                 }
             };
-        let callee_media = SocketAddr::new(local, calls[i].callee.port);
+        let callee_media = SocketAddr::new(callee_ip.into(), calls[i].callee.port);
         let c = p.call(Req::Answer(call_ids, callee_media))?;
         setup_retries += c.retries as u64;
         let (caller_to, caller_to_rtcp) =
