@@ -741,7 +741,7 @@ fn promtool_accepts_the_rules_the_scrape_config_and_the_alert_tests() {
 }
 
 #[test]
-fn the_fallback_alert_exempts_exactly_the_reason_xdp_off_exports() {
+fn the_fallback_alert_exempts_xdp_off_and_loopback_media() {
     let config = sluice::config::Config::from_toml("[xdp]\nmode = \"off\"\n", "test").unwrap();
     let (fast_path, status) = sluice::datapath::xdp::start(&config.xdp, &[]).unwrap();
     assert!(fast_path.is_none());
@@ -757,6 +757,19 @@ fn the_fallback_alert_exempts_exactly_the_reason_xdp_off_exports() {
         .expect("the fallback alert");
     assert!(
         rule.contains(&format!("reason!=\"{quoted}\"")),
+        "`{rule}` must exempt `{reason}`"
+    );
+    // A relay whose media address is on loopback (the embedded default) has nothing to
+    // offload: not a fallback to alert on either.
+    let config = sluice::config::Config::from_toml("", "test").unwrap();
+    let (fast_path, status) =
+        sluice::datapath::xdp::start(&config.xdp, &["127.0.0.1".parse().unwrap()]).unwrap();
+    assert!(fast_path.is_none());
+    let [reason] = status.fallback.as_slice() else {
+        panic!("one reason: {:?}", status.fallback);
+    };
+    assert!(
+        reason.contains(": loopback device: ") && rule.contains(r#"reason!~".*loopback device.*""#),
         "`{rule}` must exempt `{reason}`"
     );
 }
