@@ -330,23 +330,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         }
         Scenario::Flood => bail!("flood runs in execute_media"),
         Scenario::Steady => {
-            let o = SteadyOptions {
-                calls: a.calls.unwrap_or(1000),
-                ramp: a.ramp,
-                duration: a.duration.unwrap_or(Duration::from_secs(30)),
-                pps: a.pps,
-                rtcp_interval: a.rtcp_interval,
-                send_threads: a.send_threads,
-                recv_threads: a.recv_threads,
-                endpoint_ports: a.endpoint_ports,
-                drain: a.drain,
-                timeout: a.timeout,
-                tries: a.tries,
-                progress,
-                phases: a.phases,
-                direct: a.target == Target::Direct,
-                place: Placement::loopback(),
-            };
+            let o = steady_options(a, Placement::loopback());
             (
                 None,
                 Some(steady::run(relay.rtpp(), protocol, relay.pid(), &o)?),
@@ -398,6 +382,27 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
         flood: None,
         relay_log_tail,
     })
+}
+
+/// `--scenario steady` as `a` asks for, with endpoints and control where `place` says.
+fn steady_options(a: &RunArgs, place: Placement) -> SteadyOptions {
+    SteadyOptions {
+        calls: a.calls.unwrap_or(1000),
+        ramp: a.ramp,
+        duration: a.duration.unwrap_or(Duration::from_secs(30)),
+        pps: a.pps,
+        rtcp_interval: a.rtcp_interval,
+        send_threads: a.send_threads,
+        recv_threads: a.recv_threads,
+        endpoint_ports: a.endpoint_ports,
+        drain: a.drain,
+        timeout: a.timeout,
+        tries: a.tries,
+        progress: !a.quiet,
+        phases: a.phases,
+        direct: a.target == Target::Direct,
+        place,
+    }
 }
 
 /// rtpengine as `a` asks for, on loopback.
@@ -574,23 +579,7 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
                 pid,
             },
         ) => {
-            let o = SteadyOptions {
-                calls: a.calls.unwrap_or(1000),
-                ramp: a.ramp,
-                duration: a.duration.unwrap_or(Duration::from_secs(30)),
-                pps: a.pps,
-                rtcp_interval: a.rtcp_interval,
-                send_threads: a.send_threads,
-                recv_threads: a.recv_threads,
-                endpoint_ports: a.endpoint_ports,
-                drain: a.drain,
-                timeout: a.timeout,
-                tries: a.tries,
-                progress: !a.quiet,
-                phases: a.phases,
-                direct: false,
-                place: place.clone(),
-            };
+            let o = steady_options(a, place.clone());
             (None, Some(steady::run(*control, *protocol, *pid, &o)?))
         }
         (Scenario::Steady, Forwarder::Reflector) => {

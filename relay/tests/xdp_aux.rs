@@ -2,6 +2,9 @@
 //! with every checksum still valid, and passes what it does not handle; the pass program passes.
 //! Needs root (loading BPF programs); no namespace.
 
+mod common;
+use common::{fold, sum16};
+
 use aya::programs::{TestRun, TestRunOptions};
 use sluice::datapath::xdp::aux_prog::{AuxKind, AuxProgram};
 use sluice_bench::privileged::privileged_or_skip;
@@ -10,20 +13,6 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
-
-fn sum16(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
 
 /// An Ethernet + IPv4 (`ihl` words of header) or IPv6 + UDP frame from A (port 4000) to B
 /// (port 5000), with valid checksums.

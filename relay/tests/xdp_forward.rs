@@ -3,6 +3,9 @@
 //! a namespace whose routes and neighbours the program's FIB lookups use); skips with a message
 //! when unprivileged, fails instead under `cargo xtask test` as root (CI).
 
+mod common;
+use common::{fold, sum16};
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 use std::sync::Arc;
@@ -26,20 +29,6 @@ const SIDE_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 3];
 /// A second endpoint on the caller's link (egress = ingress device: XDP_TX).
 const SIDE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
 const VLAN_ID: u16 = 100;
-
-fn sum16(bytes: &[u8]) -> u64 {
-    bytes
-        .chunks(2)
-        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
 
 fn pseudo(src: IpAddr, dst: IpAddr, len: usize) -> u64 {
     let bytes = |a: IpAddr| match a {

@@ -87,3 +87,21 @@ pub fn control_socket() -> UdpSocket {
         .expect("timeout");
     control
 }
+
+/// RFC 1071 sum of big-endian 16-bit words (an odd last byte padded with zero), written from
+/// scratch so the XDP tests check the program's checksums independently of
+/// `sluice_common::csum`.
+pub fn sum16(bytes: &[u8]) -> u64 {
+    bytes
+        .chunks(2)
+        .map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+/// Folds a sum to 16 bits with end-around carry.
+pub fn fold(mut s: u64) -> u16 {
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s as u16
+}
