@@ -16,6 +16,7 @@ pub mod payload;
 pub mod pipeline;
 pub mod privileged;
 pub mod procstat;
+pub mod prog_cost;
 pub mod relay;
 pub mod report;
 pub mod rtpengine;

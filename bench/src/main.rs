@@ -21,6 +21,9 @@ enum Command {
     /// Run the scenario matrix against Sluice (XDP, userspace), rtpengine and the XDP floor;
     /// write report.md, results.json and SVG charts (needs root: namespaces, XDP).
     Compare(sluice_bench::compare::CompareArgs),
+    /// The XDP program's cost per packet against the XDP_TX reflector, through
+    /// BPF_PROG_TEST_RUN (needs root; no traffic).
+    ProgCost(sluice_bench::prog_cost::ProgCostArgs),
     /// Build or remove the caller/relay/callee namespace topology (needs root).
     Topo {
         #[command(subcommand)]
@@ -78,6 +81,9 @@ fn main() -> ExitCode {
         Command::Compare(args) => sluice_bench::compare::run(&args).map(|dir| {
             eprintln!("sluice-bench: report in {}", dir.display());
         }),
+        Command::ProgCost(args) => {
+            sluice_bench::prog_cost::run(&args).map(|cost| print!("{}", cost.human()))
+        }
         Command::Topo { action, prefix } => match action {
             TopoAction::Up => Topology::up(&prefix).map(|t| {
                 for role in [Role::Caller, Role::Relay, Role::Callee] {

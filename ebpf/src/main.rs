@@ -1,11 +1,19 @@
 //! Sluice XDP program: forwards the RTP/RTCP of latched streams in the kernel.
 //!
-//! For every frame: parse Ethernet (one optional 802.1Q tag), IPv4 or IPv6, UDP; look the
-//! destination address and port up in the flow table; accept only the flow's latched source;
-//! route the rewritten packet with `bpf_fib_lookup`; rewrite addresses, ports, DSCP, TTL, MACs
-//! and checksums; send it back out (XDP_TX) or to another device (DEVMAP redirect). Anything it
-//! cannot handle goes to the stack (XDP_PASS) untouched, where the userspace path handles it,
-//! and is counted by reason in `SLUICE_STATS`.
+//! For every frame: parse Ethernet (one optional 802.1Q tag), IPv4 or IPv6, UDP; find the flow
+//! of the destination address and port; accept only the flow's latched source; route the
+//! rewritten packet (this CPU's cached `bpf_fib_lookup` result); rewrite addresses, ports, DSCP,
+//! TTL, MACs and checksums; send it back out (XDP_TX) or to another device (DEVMAP redirect).
+//! Anything it cannot handle goes to the stack (XDP_PASS) untouched, where the userspace path
+//! handles it, and is counted by reason in `SLUICE_STATS`.
+//!
+//! Every packet costs: two inlined array lookups for the flow (a hash lookup only when two
+//! local addresses share the port), one per-CPU slot for the flow's counters and route, one
+//! for the verdict counter, and no helper call except the redirect. The object is built with
+//! LLVM's `allows-misaligned-mem-access` (ebpf/build.rs), so header fields are read and written
+//! in 2/4/8-byte accesses instead of byte by byte; the verifier accepts misaligned packet and
+//! map accesses on architectures with efficient unaligned access (x86-64, arm64), and the
+//! structs the program keeps on its stack are 8-aligned, where it does not.
 //!
 //! Built for `bpfel-unknown-none` by relay/build.rs. On the host the crate compiles as an
 //! ordinary (empty) program so `cargo clippy --workspace` lints and type-checks this code too.
@@ -16,14 +24,15 @@ use aya_ebpf::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams,
         xdp_action,
     },
-    helpers::{bpf_csum_diff, bpf_fib_lookup, bpf_ktime_get_coarse_ns},
+    helpers::{bpf_csum_diff, bpf_fib_lookup},
     macros::{map, xdp},
-    maps::{DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use sluice_common::{
-    Counter, DEFAULT_MAX_FLOWS, FLOW_RTP, FlowAction, FlowKey, FlowStats, MAX_DEVICES, ROUTE_NONE,
-    ROUTE_REDIRECT, ROUTE_TTL_NS, ROUTE_TX, ROUTE_TX_VLAN, RouteCache, STAT_SLOTS, Stat, VlanDev,
+    Counter, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FLOW_RTP, FlowAction, FlowKey, FlowStats,
+    MAX_DEVICES, PORT_SLOTS, ROUTE_NONE, ROUTE_REDIRECT, ROUTE_TX, ROUTE_TX_VLAN, RouteCache,
+    STAT_SLOTS, Stat, VlanDev,
     csum::{self, fold},
     track_seq,
 };
@@ -54,13 +63,23 @@ const MAX_SUMMED: usize = CHUNK * MAX_CHUNKS + CHUNK - 1;
 #[map(name = "SLUICE_STATS")]
 static SLUICE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_SLOTS, 0);
 
-/// Owned by the daemon (plain HASH, not LRU: an entry lives exactly as long as its stream).
+/// The maps below are owned by the daemon (see sluice_common::flow for how they fit together).
+#[map(name = "SLUICE_PORTS")]
+static SLUICE_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+#[map(name = "SLUICE_ACTIONS")]
+static SLUICE_ACTIONS: Array<FlowAction> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, 0);
+
+/// Plain HASH, not LRU: an entry lives exactly as long as its flow.
 #[map(name = "SLUICE_FLOWS")]
-static SLUICE_FLOWS: HashMap<FlowKey, FlowAction> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+static SLUICE_FLOWS: HashMap<FlowKey, u32> = HashMap::with_max_entries(DEFAULT_MAX_FLOWS, 0);
 
 #[map(name = "SLUICE_FLOW_STATS")]
 static SLUICE_FLOW_STATS: PerCpuArray<FlowStats> =
     PerCpuArray::with_max_entries(DEFAULT_MAX_FLOWS, 0);
+
+#[map(name = "SLUICE_EPOCH")]
+static SLUICE_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 #[map(name = "SLUICE_DEVMAP")]
 static SLUICE_DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_DEVICES, 0);
@@ -89,143 +108,192 @@ fn count(stat: Stat, bytes: u64) {
 }
 
 #[inline(always)]
-fn pass(stat: Stat) -> (Stat, u32) {
-    (stat, xdp_action::XDP_PASS)
+fn process(ctx: &XdpContext) -> (Stat, u32) {
+    let result = match ethernet(ctx) {
+        Ok((l3, vlan, true)) => forward::<V6>(ctx, l3, vlan),
+        Ok((l3, vlan, false)) => forward::<V4>(ctx, l3, vlan),
+        Err(stat) => Err(stat),
+    };
+    match result {
+        Ok(done) => done,
+        Err(stat) => (stat, xdp_action::XDP_PASS),
+    }
 }
 
+/// The L3 offset, the 802.1Q TCI if tagged, and whether it is IPv6 (else IPv4).
 #[inline(always)]
-fn process(ctx: &XdpContext) -> (Stat, u32) {
-    let Some(mut ethertype) = read_be16(ctx, 12) else {
-        return pass(Stat::PassTruncated);
-    };
+fn ethernet(ctx: &XdpContext) -> Result<(usize, Option<u16>, bool), Stat> {
+    let mut ethertype = read_be16(ctx, 12).ok_or(Stat::PassTruncated)?;
     let mut l3 = ETH_HLEN;
-    let mut vlan: Option<u16> = None;
+    let mut vlan = None;
     if ethertype == ETH_P_8021Q {
-        let (Some(tci), Some(inner)) = (read_be16(ctx, ETH_HLEN), read_be16(ctx, ETH_HLEN + 2))
-        else {
-            return pass(Stat::PassTruncated);
-        };
-        vlan = Some(tci);
-        ethertype = inner;
+        let tag = read::<[u16; 2]>(ctx, ETH_HLEN).ok_or(Stat::PassTruncated)?;
+        vlan = Some(u16::from_be(tag[0]));
+        ethertype = u16::from_be(tag[1]);
         l3 += VLAN_HLEN;
     }
-    let parsed = match ethertype {
-        ETH_P_IPV4 => parse_v4(ctx, l3),
-        ETH_P_IPV6 => parse_v6(ctx, l3),
+    match ethertype {
+        ETH_P_IPV4 => Ok((l3, vlan, false)),
+        ETH_P_IPV6 => Ok((l3, vlan, true)),
         _ => Err(Stat::PassNotIp),
-    };
-    let packet = match parsed {
-        Ok(p) => p,
-        Err(stat) => return pass(stat),
-    };
-    match forward(ctx, &packet, vlan) {
-        Ok(done) => done,
-        Err(stat) => pass(stat),
     }
 }
 
-/// The header fields forwarding needs, read once.
-struct Packet {
-    v6: bool,
-    l3: usize,
-    l4: usize,
-    src: [u8; 16],
-    dst: [u8; 16],
-    ports: [u8; 4],
-    udp_len: u16,
-    /// IPv4 total length / IPv6 payload length, for the route's MTU check.
-    ip_len: u16,
-    check: u16,
+/// What differs between IPv4 and IPv6; the forwarding code is generic over it, so each family
+/// gets its own straight-line copy with addresses of its own size.
+trait Family {
+    const FAMILY: u8;
+    const HLEN: usize;
+    /// Offsets of the source and destination address in the header.
+    const SRC: usize;
+    const DST: usize;
+    /// Checks the header at `l3` (the caller made sure `HLEN` bytes are there) and returns the
+    /// IPv4 total length / IPv6 payload length.
+    fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat>;
+    /// Whether the address at packet offset `at` is `addr` (IPv4: its first four bytes).
+    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool;
+    /// Writes the rewritten header: DSCP (keeping ECN), TTL, addresses, checksum.
+    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat>;
+    /// Fills the family's part of the route lookup.
+    fn fib(fib: &mut FibParams, flow: &FlowAction, ip_len: u16);
 }
 
-#[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Packet, Stat> {
-    let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-    // SAFETY: ptr_at checked the 20 bytes against data_end.
-    let ip = unsafe { *ip };
-    let ihl = ip[0] & 0x0f;
-    if ihl < 5 {
-        return Err(Stat::PassTruncated);
+struct V4;
+struct V6;
+
+impl Family for V4 {
+    const FAMILY: u8 = FAMILY_V4;
+    const HLEN: usize = IPV4_HLEN;
+    const SRC: usize = 12;
+    const DST: usize = 16;
+
+    #[inline(always)]
+    fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat> {
+        let h = read::<[u16; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
+        let [vihl, _tos] = h[0].to_ne_bytes();
+        let ihl = vihl & 0x0f;
+        if ihl < 5 {
+            return Err(Stat::PassTruncated);
+        }
+        if h[4].to_ne_bytes()[1] != IPPROTO_UDP {
+            return Err(Stat::PassNotUdp);
+        }
+        // Options would move every offset below; a media relay never sees them in practice.
+        if ihl > 5 {
+            return Err(Stat::PassIpOptions);
+        }
+        if u16::from_be(h[3]) & IPV4_FRAGMENT_MASK != 0 {
+            return Err(Stat::PassFragment);
+        }
+        Ok(u16::from_be(h[1]))
     }
-    if ip[9] != IPPROTO_UDP {
-        return Err(Stat::PassNotUdp);
+
+    #[inline(always)]
+    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool {
+        read::<[u8; 4]>(ctx, at).is_some_and(|a| u32::from_ne_bytes(a) == word(addr, 0))
     }
-    // Options would move every offset below; a media relay never sees them in practice.
-    if ihl > 5 {
-        return Err(Stat::PassIpOptions);
+
+    #[inline(always)]
+    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
+        let h = ptr_at::<[u32; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
+        // SAFETY: bounds checked by ptr_at; XDP owns the frame; unaligned accesses are allowed
+        // (see the crate docs), and `read_unaligned`/`write_unaligned` say so to the compiler.
+        unsafe {
+            let mut w = h.read_unaligned();
+            let mut b0 = w[0].to_ne_bytes();
+            b0[1] = (flow.tos & 0xfc) | (b0[1] & 0x03);
+            w[0] = u32::from_ne_bytes(b0);
+            let mut b2 = w[2].to_ne_bytes();
+            b2[0] = flow.ttl;
+            // Checksum field zeroed for the sum below.
+            b2[2] = 0;
+            b2[3] = 0;
+            w[2] = u32::from_ne_bytes(b2);
+            w[3] = word(&flow.new_src, 0);
+            w[4] = word(&flow.new_dst, 0);
+            // Without options the header is five words: summing them is as cheap as an
+            // incremental update and cannot carry an old error forward. One's-complement sums
+            // do not depend on byte order (RFC 1071 2(B)), so native words are summed and the
+            // result stored natively.
+            let sum = w.iter().map(|&x| u64::from(x)).sum::<u64>();
+            let check = !fold(sum);
+            let mut b2 = w[2].to_ne_bytes();
+            let c = check.to_ne_bytes();
+            b2[2] = c[0];
+            b2[3] = c[1];
+            w[2] = u32::from_ne_bytes(b2);
+            h.write_unaligned(w);
+        }
+        Ok(())
     }
-    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAGMENT_MASK != 0 {
-        return Err(Stat::PassFragment);
+
+    #[inline(always)]
+    fn fib(fib: &mut FibParams, flow: &FlowAction, ip_len: u16) {
+        fib.family = AF_INET;
+        fib.__bindgen_anon_1.tot_len = ip_len;
+        fib.__bindgen_anon_2.tos = flow.tos;
+        fib.__bindgen_anon_3.ipv4_src = word(&flow.new_src, 0);
+        fib.__bindgen_anon_4.ipv4_dst = word(&flow.new_dst, 0);
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&ip[12..16]);
-    dst[..4].copy_from_slice(&ip[16..20]);
-    parse_udp(
-        ctx,
-        l3,
-        l3 + IPV4_HLEN,
-        false,
-        src,
-        dst,
-        u16::from_be_bytes([ip[2], ip[3]]),
-    )
 }
 
-#[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Packet, Stat> {
-    let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-    // SAFETY: ptr_at checked the 40 bytes against data_end.
-    let ip = unsafe { &*ip };
-    match ip[6] {
-        IPPROTO_UDP => {}
-        IPV6_NEXT_FRAGMENT => return Err(Stat::PassFragment),
-        // Extension headers (hop-by-hop, routing, ...) or another protocol: the stack's job.
-        _ => return Err(Stat::PassNotUdp),
-    }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
-    dst.copy_from_slice(&ip[24..40]);
-    parse_udp(
-        ctx,
-        l3,
-        l3 + IPV6_HLEN,
-        true,
-        src,
-        dst,
-        u16::from_be_bytes([ip[4], ip[5]]),
-    )
-}
+impl Family for V6 {
+    const FAMILY: u8 = FAMILY_V6;
+    const HLEN: usize = IPV6_HLEN;
+    const SRC: usize = 8;
+    const DST: usize = 24;
 
-#[inline(always)]
-fn parse_udp(
-    ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    v6: bool,
-    src: [u8; 16],
-    dst: [u8; 16],
-    ip_len: u16,
-) -> Result<Packet, Stat> {
-    let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, l4).ok_or(Stat::PassTruncated)?;
-    // SAFETY: ptr_at checked the 8 bytes against data_end.
-    let udp = unsafe { *udp };
-    let udp_len = u16::from_be_bytes([udp[4], udp[5]]);
-    if usize::from(udp_len) < UDP_HLEN || !in_bounds(ctx, l4, usize::from(udp_len)) {
-        return Err(Stat::PassTruncated);
+    #[inline(always)]
+    fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat> {
+        let h = read::<[u16; 4]>(ctx, l3).ok_or(Stat::PassTruncated)?;
+        match h[3].to_ne_bytes()[0] {
+            IPPROTO_UDP => Ok(u16::from_be(h[2])),
+            IPV6_NEXT_FRAGMENT => Err(Stat::PassFragment),
+            // Extension headers (hop-by-hop, routing, ...) or another protocol: the stack's job.
+            _ => Err(Stat::PassNotUdp),
+        }
     }
-    Ok(Packet {
-        v6,
-        l3,
-        l4,
-        src,
-        dst,
-        ports: [udp[0], udp[1], udp[2], udp[3]],
-        udp_len,
-        ip_len,
-        check: u16::from_be_bytes([udp[6], udp[7]]),
-    })
+
+    #[inline(always)]
+    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool {
+        read::<[u64; 2]>(ctx, at).is_some_and(|a| a[0] == dword(addr, 0) && a[1] == dword(addr, 1))
+    }
+
+    #[inline(always)]
+    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
+        let h = ptr_at::<[u64; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
+        // SAFETY: as for IPv4.
+        unsafe {
+            let mut w = h.read_unaligned();
+            let mut b = w[0].to_ne_bytes();
+            // Traffic class straddles bytes 0 and 1: DSCP from the flow, ECN from the packet.
+            let ecn = (b[1] >> 4) & 0x03;
+            let tclass = (flow.tos & 0xfc) | ecn;
+            b[0] = 0x60 | (tclass >> 4);
+            b[1] = (tclass << 4) | (b[1] & 0x0f);
+            b[7] = flow.ttl;
+            w[0] = u64::from_ne_bytes(b);
+            w[1] = dword(&flow.new_src, 0);
+            w[2] = dword(&flow.new_src, 1);
+            w[3] = dword(&flow.new_dst, 0);
+            w[4] = dword(&flow.new_dst, 1);
+            h.write_unaligned(w);
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn fib(fib: &mut FibParams, flow: &FlowAction, ip_len: u16) {
+        fib.family = AF_INET6;
+        fib.__bindgen_anon_1.tot_len = ip_len + IPV6_HLEN as u16;
+        for i in 0..4 {
+            // SAFETY: writing plain integers into a union of integer arrays.
+            unsafe {
+                fib.__bindgen_anon_3.ipv6_src[i] = word(&flow.new_src, i);
+                fib.__bindgen_anon_4.ipv6_dst[i] = word(&flow.new_dst, i);
+            }
+        }
+    }
 }
 
 enum Egress {
@@ -237,19 +305,17 @@ enum Egress {
 }
 
 #[inline(always)]
-fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32), Stat> {
-    let key = FlowKey {
-        addr: p.dst,
-        port: [p.ports[2], p.ports[3]],
-        family: if p.v6 { 6 } else { 4 },
-        _pad: 0,
-    };
-    // SAFETY: the daemon replaces entries whole (update_elem) and removes a stream's entries
-    // before reusing its ports; a read racing an update sends at most one packet by the old rule.
-    let Some(flow) = (unsafe { SLUICE_FLOWS.get(key) }) else {
-        return Err(Stat::PassNoFlow);
-    };
-    if flow.src != p.src || flow.src_port != [p.ports[0], p.ports[1]] {
+fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<(Stat, u32), Stat> {
+    let ip_len = F::check(ctx, l3)?;
+    let l4 = l3 + F::HLEN;
+    // Ports, length, checksum: network order as read.
+    let udp = read::<[u16; 4]>(ctx, l4).ok_or(Stat::PassTruncated)?;
+    let udp_len = u16::from_be(udp[2]);
+    if usize::from(udp_len) < UDP_HLEN || !in_bounds(ctx, l4, usize::from(udp_len)) {
+        return Err(Stat::PassTruncated);
+    }
+    let flow = find::<F>(ctx, l3, udp[1])?;
+    if !F::is(ctx, l3 + F::SRC, &flow.src) || udp[0] != u16::from_ne_bytes(flow.src_port) {
         return Err(Stat::PassSourceMismatch);
     }
     // This CPU's counters and route cache for the flow (always there: the daemon sizes the
@@ -259,39 +325,27 @@ fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32
         .ok_or(Stat::PassNoFlow)?;
     // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
     let stats = unsafe { &mut *stats };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let (egress, smac, dmac) = route(ctx, p, flow, vlan, &mut stats.route, now)?;
+    let (egress, smac, dmac) = route::<F>(ctx, flow, vlan, ip_len, &mut stats.route)?;
     let new_ports = [
-        flow.new_src_port[0],
-        flow.new_src_port[1],
-        flow.new_dst_port[0],
-        flow.new_dst_port[1],
+        u16::from_ne_bytes(flow.new_src_port),
+        u16::from_ne_bytes(flow.new_dst_port),
     ];
-    let check = udp_checksum(ctx, p, flow, new_ports)?;
+    let check = udp_checksum::<F>(ctx, l4, udp, flow)?;
 
     // Everything that can fail has been decided: from here on the frame is rewritten.
-    let eth = ptr_at::<[u8; 12]>(ctx, 0).ok_or(Stat::PassTruncated)?;
+    let eth = ptr_at::<[[u8; 6]; 2]>(ctx, 0).ok_or(Stat::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-    let eth = unsafe { &mut *eth };
-    eth[..6].copy_from_slice(&dmac);
-    eth[6..].copy_from_slice(&smac);
+    unsafe { eth.write_unaligned([dmac, smac]) };
     if let Egress::Tx { tci: Some(tci) } = egress {
-        let tag = ptr_at::<[u8; 2]>(ctx, ETH_HLEN).ok_or(Stat::PassTruncated)?;
+        let tag = ptr_at::<u16>(ctx, ETH_HLEN).ok_or(Stat::PassTruncated)?;
         // SAFETY: bounds checked by ptr_at (the tag was parsed from these bytes).
-        unsafe { *tag = tci.to_be_bytes() };
+        unsafe { tag.write_unaligned(tci.to_be()) };
     }
-    if p.v6 {
-        rewrite_v6(ctx, p.l3, flow)?;
-    } else {
-        rewrite_v4(ctx, p.l3, flow)?;
-    }
-    let udp = ptr_at::<[u8; UDP_HLEN]>(ctx, p.l4).ok_or(Stat::PassTruncated)?;
+    F::rewrite(ctx, l3, flow)?;
+    let udp_out = ptr_at::<[u16; 4]>(ctx, l4).ok_or(Stat::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
-    let udp = unsafe { &mut *udp };
-    udp[..4].copy_from_slice(&new_ports);
-    udp[6..].copy_from_slice(&check.to_be_bytes());
-    account(ctx, p, flow, stats, now);
+    unsafe { udp_out.write_unaligned([new_ports[0], new_ports[1], udp[2], check.to_be()]) };
+    account(ctx, l4, udp_len, flow, stats);
     Ok(match egress {
         Egress::Tx { .. } => (Stat::Tx, xdp_action::XDP_TX),
         Egress::Redirect(ifindex) => match SLUICE_DEVMAP.redirect(ifindex, 0) {
@@ -302,20 +356,60 @@ fn forward(ctx: &XdpContext, p: &Packet, vlan: Option<u16>) -> Result<(Stat, u32
     })
 }
 
-/// Next hop and egress device of the rewritten packet, and its MACs: from this CPU's cache
-/// while it is fresh and still fits, else from `bpf_fib_lookup` (then cached).
+/// The flow for the packet's destination (`port` in network order): the port's entry, unless
+/// another local address owns the port, then the hash.
 #[inline(always)]
-fn route(
+fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static FlowAction, Stat> {
+    let slot = *SLUICE_PORTS
+        .get(u32::from(u16::from_be(port)))
+        .ok_or(Stat::PassNoFlow)?;
+    let flow = action(slot)?;
+    if flow.family == F::FAMILY && F::is(ctx, l3 + F::DST, &flow.local) {
+        return Ok(flow);
+    }
+    // The key built as words in an 8-aligned buffer: byte arrays on the stack would be
+    // accessed misaligned (see the crate docs) and padding filled by a memset call.
+    let mut key = [0u64; 3];
+    if F::FAMILY == FAMILY_V6 {
+        let addr = read::<[u64; 2]>(ctx, l3 + F::DST).ok_or(Stat::PassTruncated)?;
+        key[0] = addr[0];
+        key[1] = addr[1];
+    } else {
+        key[0] = u64::from(read::<u32>(ctx, l3 + F::DST).ok_or(Stat::PassTruncated)?);
+    }
+    // Little-endian layout of FlowKey's port (network order bytes) and family.
+    key[2] = u64::from(port) | (u64::from(F::FAMILY) << 16);
+    // SAFETY: [u64; 3] has FlowKey's size and alignment and every byte initialised.
+    let key = unsafe { &*key.as_ptr().cast::<FlowKey>() };
+    // SAFETY: the value is a plain u32, read once.
+    let slot = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
+    action(*slot)
+}
+
+/// The action in `1 + slot` (0: none).
+#[inline(always)]
+fn action(slot: u32) -> Result<&'static FlowAction, Stat> {
+    if slot == 0 {
+        return Err(Stat::PassNoFlow);
+    }
+    SLUICE_ACTIONS.get(slot - 1).ok_or(Stat::PassNoFlow)
+}
+
+/// Next hop and egress device of the rewritten packet, and its MACs: from this CPU's cache
+/// while it is from the current route epoch and still fits, else from `bpf_fib_lookup` (then
+/// cached).
+#[inline(always)]
+fn route<F: Family>(
     ctx: &XdpContext,
-    p: &Packet,
     flow: &FlowAction,
     vlan: Option<u16>,
+    ip_len: u16,
     cache: &mut RouteCache,
-    now: u64,
 ) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let epoch = SLUICE_EPOCH.get(0).copied().unwrap_or(0);
     if cache.kind != ROUTE_NONE
-        && now.wrapping_sub(cache.at_ns) < ROUTE_TTL_NS
+        && cache.epoch == epoch
         && cache.ingress == ingress
         && (cache.tagged != 0) == vlan.is_some()
         && cache.dst == flow.new_dst
@@ -333,14 +427,14 @@ fn route(
             return Ok((egress, cache.smac, cache.dmac));
         }
     }
-    let decided = lookup(ctx, p, flow, vlan, ingress)?;
+    let decided = lookup::<F>(ctx, flow, vlan, ip_len, ingress)?;
     let (kind, ifindex, vid) = match decided.0 {
         Egress::Tx { tci: None } => (ROUTE_TX, ingress, 0),
         Egress::Tx { tci: Some(tci) } => (ROUTE_TX_VLAN, ingress, tci & 0x0fff),
         Egress::Redirect(ifindex) => (ROUTE_REDIRECT, ifindex, 0),
     };
     *cache = RouteCache {
-        at_ns: now,
+        epoch,
         dst: flow.new_dst,
         ingress,
         ifindex,
@@ -353,38 +447,31 @@ fn route(
     Ok(decided)
 }
 
+/// The route lookup's parameter block, 8-aligned on the stack (see the crate docs).
+#[repr(C, align(8))]
+struct Fib(FibParams);
+
 /// [`route`] without the cache: `bpf_fib_lookup` and the device checks.
 #[inline(always)]
-fn lookup(
+fn lookup<F: Family>(
     ctx: &XdpContext,
-    p: &Packet,
     flow: &FlowAction,
     vlan: Option<u16>,
+    ip_len: u16,
     ingress: u32,
 ) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.l4_protocol = IPPROTO_UDP;
-    fib.sport = u16::from_ne_bytes(flow.new_src_port);
-    fib.dport = u16::from_ne_bytes(flow.new_dst_port);
-    fib.ifindex = ingress;
-    if p.v6 {
-        fib.family = AF_INET6;
-        fib.__bindgen_anon_1.tot_len = p.ip_len + IPV6_HLEN as u16;
-        fib.__bindgen_anon_3.ipv6_src = words(&flow.new_src);
-        fib.__bindgen_anon_4.ipv6_dst = words(&flow.new_dst);
-    } else {
-        fib.family = AF_INET;
-        fib.__bindgen_anon_1.tot_len = p.ip_len;
-        fib.__bindgen_anon_2.tos = flow.tos;
-        fib.__bindgen_anon_3.ipv4_src = words(&flow.new_src)[0];
-        fib.__bindgen_anon_4.ipv4_dst = words(&flow.new_dst)[0];
-    }
+    let mut fib = Fib(unsafe { core::mem::zeroed() });
+    fib.0.l4_protocol = IPPROTO_UDP;
+    fib.0.sport = u16::from_ne_bytes(flow.new_src_port);
+    fib.0.dport = u16::from_ne_bytes(flow.new_dst_port);
+    fib.0.ifindex = ingress;
+    F::fib(&mut fib.0, flow, ip_len);
     // SAFETY: fib is a valid, fully initialised parameter block of the size passed.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx.cast(),
-            &mut fib,
+            &mut fib.0,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
@@ -396,6 +483,7 @@ fn lookup(
             Stat::PassFibFailed
         });
     }
+    let fib = fib.0;
     let egress = if fib.ifindex == ingress {
         if vlan.is_some() {
             // Untagged egress from a tagged ingress: the tag would have to go.
@@ -421,45 +509,48 @@ fn lookup(
     Ok((egress, fib.smac, fib.dmac))
 }
 
-/// The new UDP checksum. IPv4 zero stays zero (no checksum); a complete checksum is updated
-/// incrementally over the rewritten addresses and ports (RFC 1624); a partial one (TX offload
-/// on the sender's veth, see `csum::looks_partial`) or an invalid IPv6 zero is recomputed over
-/// the whole segment.
+/// The new UDP checksum (host order; `udp` is the header as read). IPv4 zero stays zero (no
+/// checksum); a complete checksum is updated incrementally over the rewritten addresses and
+/// ports (RFC 1624); a partial one (TX offload on the sender's veth, see `csum::looks_partial`)
+/// or an invalid IPv6 zero is recomputed over the whole segment.
 #[inline(always)]
-fn udp_checksum(
+fn udp_checksum<F: Family>(
     ctx: &XdpContext,
-    p: &Packet,
+    l4: usize,
+    udp: [u16; 4],
     flow: &FlowAction,
-    new_ports: [u8; 4],
 ) -> Result<u16, Stat> {
-    if p.check == 0 && !p.v6 {
+    let check = u16::from_be(udp[3]);
+    let udp_len = u16::from_be(udp[2]);
+    if check == 0 && F::FAMILY == FAMILY_V4 {
         return Ok(0);
     }
-    let (old_pseudo, new_pseudo) = if p.v6 {
-        (
-            csum::pseudo_v6(&p.src, &p.dst, IPPROTO_UDP, p.udp_len),
-            csum::pseudo_v6(&flow.new_src, &flow.new_dst, IPPROTO_UDP, p.udp_len),
-        )
-    } else {
-        (
-            csum::pseudo_v4(v4(&p.src), v4(&p.dst), IPPROTO_UDP, p.udp_len),
-            csum::pseudo_v4(v4(&flow.new_src), v4(&flow.new_dst), IPPROTO_UDP, p.udp_len),
-        )
-    };
-    if p.check == 0 || csum::looks_partial(p.check, old_pseudo) {
-        if usize::from(p.udp_len) > MAX_SUMMED {
+    let old_pseudo = u64::from(flow.old_pseudo) + u64::from(udp_len);
+    if check == 0 || csum::looks_partial(check, old_pseudo) {
+        if usize::from(udp_len) > MAX_SUMMED {
             return Err(Stat::PassChecksum);
         }
-        let segment = sum_segment(ctx, p.l4, usize::from(p.udp_len)).ok_or(Stat::PassChecksum)?;
+        let segment = sum_segment(ctx, l4, usize::from(udp_len)).ok_or(Stat::PassChecksum)?;
         // The segment as it is: old ports, and the old check field, which the sum must not
         // include.
-        let sum = segment + u64::from(!p.check);
-        let sum = csum::add32(csum::sub32(sum, p.ports), new_ports) + new_pseudo;
+        let old_ports = [u16::from_be(udp[0]), u16::from_be(udp[1])];
+        let new_ports = [
+            u16::from_be_bytes(flow.new_src_port),
+            u16::from_be_bytes(flow.new_dst_port),
+        ];
+        let sum = segment
+            + u64::from(!check)
+            + u64::from(!old_ports[0])
+            + u64::from(!old_ports[1])
+            + u64::from(new_ports[0])
+            + u64::from(new_ports[1])
+            + u64::from(flow.new_pseudo)
+            + u64::from(udp_len);
         return Ok(csum::udp_wire(csum::finish(sum)));
     }
     // The old addresses and ports are the flow's key and latched source (just matched), so the
     // daemon summed their change once per flow.
-    let sum = csum::reopen(p.check) + u64::from(flow.csum_delta);
+    let sum = csum::reopen(check) + u64::from(flow.csum_delta);
     Ok(csum::udp_wire(csum::finish(sum)))
 }
 
@@ -493,80 +584,38 @@ fn sum_segment(ctx: &XdpContext, start: usize, len: usize) -> Option<u64> {
         off += 2;
     }
     if off < len {
-        sum += u64::from(read_u8(ctx, start + off)?) << 8;
+        sum += u64::from(read::<u8>(ctx, start + off)?) << 8;
     }
     Some(sum)
 }
 
+/// Per-flow, per-CPU counters for statistics and the daemon's media timeout (which watches
+/// the packet count move).
 #[inline(always)]
-fn rewrite_v4(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
-    let ip = ptr_at::<[u8; IPV4_HLEN]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-    // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-    let h = unsafe { &mut *ip };
-    h[1] = (flow.tos & 0xfc) | (h[1] & 0x03);
-    h[8] = flow.ttl;
-    h[12..16].copy_from_slice(&flow.new_src[..4]);
-    h[16..20].copy_from_slice(&flow.new_dst[..4]);
-    h[10] = 0;
-    h[11] = 0;
-    // With options excluded the header is 20 bytes; summing its ten words is cheaper than an
-    // incremental update of the six that changed, and cannot carry an old error forward.
-    let mut sum = 0u64;
-    for i in 0..IPV4_HLEN / 2 {
-        sum += u64::from(u16::from_be_bytes([h[2 * i], h[2 * i + 1]]));
-    }
-    let check = csum::finish(sum).to_be_bytes();
-    h[10] = check[0];
-    h[11] = check[1];
-    Ok(())
-}
-
-#[inline(always)]
-fn rewrite_v6(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
-    let ip = ptr_at::<[u8; IPV6_HLEN]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-    // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-    let h = unsafe { &mut *ip };
-    // Traffic class straddles bytes 0 and 1: DSCP from the flow, ECN from the packet.
-    let ecn = (h[1] >> 4) & 0x03;
-    let tclass = (flow.tos & 0xfc) | ecn;
-    h[0] = 0x60 | (tclass >> 4);
-    h[1] = (tclass << 4) | (h[1] & 0x0f);
-    h[7] = flow.ttl;
-    h[8..24].copy_from_slice(&flow.new_src);
-    h[24..40].copy_from_slice(&flow.new_dst);
-    Ok(())
-}
-
-/// Per-flow, per-CPU counters for statistics and the daemon's media timeout.
-#[inline(always)]
-fn account(ctx: &XdpContext, p: &Packet, flow: &FlowAction, stats: &mut FlowStats, now: u64) {
+fn account(ctx: &XdpContext, l4: usize, udp_len: u16, flow: &FlowAction, stats: &mut FlowStats) {
     stats.packets += 1;
-    stats.bytes += u64::from(p.udp_len) - UDP_HLEN as u64;
-    stats.last_seen_ns = now;
-    if flow.flags & FLOW_RTP != 0 && usize::from(p.udp_len) >= UDP_HLEN + RTP_HLEN {
-        let rtp = p.l4 + UDP_HLEN;
-        if let (Some(b0), Some(seq)) = (read_u8(ctx, rtp), read_be16(ctx, rtp + 2))
-            && b0 >> 6 == 2
-        {
-            track_seq(stats, seq);
-        }
+    stats.bytes += u64::from(udp_len) - UDP_HLEN as u64;
+    if flow.flags & FLOW_RTP != 0
+        && usize::from(udp_len) >= UDP_HLEN + RTP_HLEN
+        && let Some(rtp) = read::<[u16; 2]>(ctx, l4 + UDP_HLEN)
+        && rtp[0].to_ne_bytes()[0] >> 6 == 2
+    {
+        track_seq(stats, u16::from_be(rtp[1]));
     }
 }
 
+/// The `i`th 4-byte word of an address, in memory (network) order.
 #[inline(always)]
-fn v4(a: &[u8; 16]) -> [u8; 4] {
-    [a[0], a[1], a[2], a[3]]
+fn word(a: &[u8; 16], i: usize) -> u32 {
+    u32::from_ne_bytes([a[4 * i], a[4 * i + 1], a[4 * i + 2], a[4 * i + 3]])
 }
 
-/// An address as the u32 words bpf_fib_lookup takes (network order in memory).
+/// The `i`th 8-byte half of an address, in memory order.
 #[inline(always)]
-fn words(a: &[u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
+fn dword(a: &[u8; 16], i: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&a[8 * i..8 * i + 8]);
+    u64::from_ne_bytes(b)
 }
 
 /// The verifier only accepts packet accesses it can prove lie before `data_end`; every access
@@ -584,16 +633,16 @@ fn in_bounds(ctx: &XdpContext, offset: usize, len: usize) -> bool {
     ctx.data() + offset + len <= ctx.data_end()
 }
 
+/// A copy of the `T` at `offset` (any alignment).
 #[inline(always)]
-fn read_u8(ctx: &XdpContext, offset: usize) -> Option<u8> {
-    // SAFETY: bounds checked by ptr_at.
-    ptr_at::<u8>(ctx, offset).map(|p| unsafe { *p })
+fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    // SAFETY: bounds checked by ptr_at; read_unaligned makes no alignment assumption.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
 }
 
 #[inline(always)]
 fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    // SAFETY: bounds checked by ptr_at; [u8; 2] has alignment 1.
-    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { *p }))
+    read::<u16>(ctx, offset).map(u16::from_be)
 }
 
 #[cfg(target_arch = "bpf")]

@@ -521,6 +521,53 @@ fn forwards_rewrites_and_checksums_hand_built_frames() {
             assert_eq!(out, frame, "{name}: passed unchanged");
             assert_eq!(bench.stat(stat), before + 1, "{name}: counted as {stat:?}");
         }
+
+        // Several local addresses on one port: the port entry holds the first flow, the hash
+        // the others; removing the first promotes the next. Every flow forwards throughout.
+        let shared = Arc::new(StreamShared::default());
+        let relay_b_same_port = sa(topo::RELAY_CALLEE_SIDE_V4, relay_a.port());
+        let relay_a6_same_port = sa(topo::RELAY_CALLER_SIDE_V6, relay_a.port());
+        let flows = bench.fast_path.flows();
+        flows
+            .apply(
+                4,
+                &[flow(relay_b_same_port, callee, relay_tx, side)],
+                &shared,
+            )
+            .unwrap();
+        flows
+            .apply(
+                5,
+                &[flow(relay_a6_same_port, caller6, relay_b6, callee6)],
+                &shared,
+            )
+            .unwrap();
+        let shared_port = |bench: &Bench| {
+            let (verdict, out) = bench.run(&Udp::new(callee, relay_b_same_port).frame());
+            assert_eq!(
+                verdict,
+                XDP_TX,
+                "second address on the port: {}",
+                bench.dump()
+            );
+            assert_eq!(parse(&out).dst, side);
+            let (verdict, out) = bench.run(&Udp::new(caller6, relay_a6_same_port).frame());
+            assert_eq!(verdict, XDP_REDIRECT, "IPv6 address on the port");
+            assert_eq!(parse(&out).dst, callee6);
+        };
+        shared_port(&bench);
+        let (verdict, out) = bench.run(&Udp::new(caller, relay_a).frame());
+        assert_eq!(verdict, XDP_REDIRECT, "the port's first flow");
+        assert_eq!(parse(&out).dst, callee);
+        bench.fast_path.flows().remove_stream(1);
+        let frame = Udp::new(caller, relay_a).frame();
+        let (verdict, out) = bench.run(&frame);
+        assert_eq!((verdict, out), (XDP_PASS, frame), "removed");
+        shared_port(&bench);
+        bench.fast_path.flows().remove_stream(4);
+        bench.fast_path.flows().remove_stream(5);
+        let frame = Udp::new(caller6, relay_a6_same_port).frame();
+        assert_eq!(bench.run(&frame).0, XDP_PASS, "all removed");
     })
     .unwrap();
 }

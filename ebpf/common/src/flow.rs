@@ -1,17 +1,36 @@
 //! Flow table entries: one per forwarded direction and component (RTP or RTCP), four per
 //! stream once both legs are latched.
+//!
+//! The program finds a flow with two array lookups, which the verifier inlines, instead of a
+//! hash lookup: [`PORTS_MAP`] maps the destination port to the flow's [`FlowAction`] slot. A
+//! port belongs to one local address in the common case; when several local addresses use the
+//! same port, [`PORTS_MAP`] points at one of them and [`FLOWS_MAP`] holds the others.
 
-/// Name of the flow hash map (key [`FlowKey`], value [`FlowAction`]).
+/// Array of `u32` indexed by UDP destination port (host order): 0 = no flow on this port,
+/// else 1 + the [`ACTIONS_MAP`] slot of a flow on it.
+pub const PORTS_MAP: &str = "SLUICE_PORTS";
+/// Entries of [`PORTS_MAP`]: one per port.
+pub const PORT_SLOTS: u32 = 65_536;
+/// Array of [`FlowAction`]. The daemon never rewrites the slot a flow is using: a changed flow
+/// gets a fresh slot, then its port entry is pointed at it, so the program never reads half an
+/// update. Sized at twice the flow capacity; freed slots are reused oldest first.
+pub const ACTIONS_MAP: &str = "SLUICE_ACTIONS";
+/// Hash of [`FlowKey`] to `1 +` the [`ACTIONS_MAP`] slot, for the flows whose port
+/// [`PORTS_MAP`] gives to another local address.
 pub const FLOWS_MAP: &str = "SLUICE_FLOWS";
 /// Per-CPU array of [`FlowStats`], indexed by [`FlowAction::stats_slot`].
 pub const FLOW_STATS_MAP: &str = "SLUICE_FLOW_STATS";
+/// Array of one `u64`: the route epoch. A CPU's cached route for a flow is valid while the
+/// epoch it was decided in is current; the daemon advances it every poll (about a second), so
+/// a route or neighbour change reaches the fast path within that time.
+pub const EPOCH_MAP: &str = "SLUICE_EPOCH";
 /// DEVMAP_HASH of the devices the program may redirect to (key and value: ifindex).
 pub const DEVMAP: &str = "SLUICE_DEVMAP";
 /// Hash of 802.1Q devices (key: the VLAN device's ifindex, value [`VlanDev`]).
 pub const VLANS_MAP: &str = "SLUICE_VLANS";
 
-/// Flow table size compiled into the object; the daemon resizes the flow and statistics maps
-/// at load time (`xdp.max_flows`).
+/// Flow capacity compiled into the object; the daemon resizes the flow, action and statistics
+/// maps at load time (`xdp.max_flows`).
 pub const DEFAULT_MAX_FLOWS: u32 = 65_536;
 /// Devices the program can redirect to.
 pub const MAX_DEVICES: u32 = 64;
@@ -24,13 +43,15 @@ pub const FLOW_RTP: u8 = 1;
 
 /// An address and port the relay receives on (the packet's destination). IPv4 uses the first
 /// four bytes of `addr`, the rest stays zero. Bytes are in network order, as on the wire.
-#[repr(C)]
+/// Aligned to 8 so the program's copy on its stack is: the program is built allowing
+/// misaligned loads, which the verifier accepts for packets and maps but not for the stack.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub addr: [u8; 16],
     pub port: [u8; 2],
     pub family: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
 
 impl FlowKey {
@@ -39,7 +60,7 @@ impl FlowKey {
             addr: v4_padded(addr),
             port: port.to_be_bytes(),
             family: FAMILY_V4,
-            _pad: 0,
+            _pad: [0; 5],
         }
     }
 
@@ -48,8 +69,13 @@ impl FlowKey {
             addr,
             port: port.to_be_bytes(),
             family: FAMILY_V6,
-            _pad: 0,
+            _pad: [0; 5],
         }
+    }
+
+    /// The destination port, host order: the [`PORTS_MAP`] index.
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
     }
 }
 
@@ -59,10 +85,13 @@ pub const fn v4_padded(a: [u8; 4]) -> [u8; 16] {
 }
 
 /// What to do with a packet of a flow: accept it only from `src`, then send it from `new_src`
-/// to `new_dst`. All three share `family` (IPv4/IPv6 bridging stays in userspace).
-#[repr(C)]
+/// to `new_dst`. All addresses share `family` (IPv4/IPv6 bridging stays in userspace).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowAction {
+    /// The relay's address the flow arrives on (its key's address): a [`PORTS_MAP`] hit is
+    /// this flow only when the packet is addressed to it.
+    pub local: [u8; 16],
     /// The latched remote address of the ingress leg.
     pub src: [u8; 16],
     /// The relay's address of the egress leg.
@@ -82,8 +111,14 @@ pub struct FlowAction {
     /// ports out, new ones in; see [`crate::csum::rewrite_delta`]), fixed per flow, so the
     /// program's incremental update is one addition per packet.
     pub csum_delta: u16,
+    /// Folded pseudo-header sums without the length (addresses and protocol) before and after
+    /// the rewrite, also fixed per flow: a partial checksum is recognised by the first and
+    /// recomputed with the second.
+    pub old_pseudo: u16,
+    pub new_pseudo: u16,
     /// Index into [`FLOW_STATS_MAP`].
     pub stats_slot: u32,
+    pub _pad: [u8; 4],
 }
 
 /// Per-flow counters; each CPU has its own copy, userspace merges them.
@@ -93,25 +128,19 @@ pub struct FlowStats {
     pub packets: u64,
     /// UDP payload bytes (the unit the userspace path counts).
     pub bytes: u64,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick resolution, a few ms: plenty for
-    /// media timeouts, and no clock source read per packet) of the last forwarded packet;
-    /// 0 = none.
-    pub last_seen_ns: u64,
     /// RTP packets (version 2, at least a fixed header) this CPU forwarded.
     pub rtp_received: u64,
     /// First and highest extended sequence number (cycles << 16 | seq) this CPU saw; the cycle
     /// count is this CPU's own, userspace aligns CPUs (see the daemon's `merge_rtp`).
     pub rtp_base_seq: u32,
     pub rtp_max_seq: u32,
-    /// This CPU's routing decision for the flow, reused for [`ROUTE_TTL_NS`] instead of a
-    /// `bpf_fib_lookup` per packet (a route or neighbour change is seen within that time).
-    /// Valid while `route_kind != ROUTE_NONE`, the packet arrived on `route_ingress` with the
-    /// same tagging, and the flow still sends to `route_dst` (a relatch rewrites it).
+    /// This CPU's routing decision for the flow, reused during one route epoch (see
+    /// [`EPOCH_MAP`]) instead of a `bpf_fib_lookup` per packet. Valid while `kind !=
+    /// ROUTE_NONE`, the epoch is current, the packet arrived on `ingress` with the same tagging,
+    /// and the flow still sends to `dst` (a relatch changes it).
     pub route: RouteCache,
 }
 
-/// How long a CPU reuses a flow's routing decision.
-pub const ROUTE_TTL_NS: u64 = 500_000_000;
 /// [`RouteCache::kind`]: nothing cached.
 pub const ROUTE_NONE: u8 = 0;
 /// Send back out of the ingress device (XDP_TX).
@@ -124,8 +153,8 @@ pub const ROUTE_REDIRECT: u8 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteCache {
-    /// When it was decided (`bpf_ktime_get_coarse_ns`).
-    pub at_ns: u64,
+    /// The route epoch it was decided in.
+    pub epoch: u64,
     pub dst: [u8; 16],
     pub ingress: u32,
     pub ifindex: u32,
@@ -184,10 +213,10 @@ mod tests {
 
     #[test]
     fn layouts_have_no_hidden_padding() {
-        assert_eq!(core::mem::size_of::<FlowKey>(), 20);
-        assert_eq!(core::mem::size_of::<FlowAction>(), 64);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 24);
+        assert_eq!(core::mem::size_of::<FlowAction>(), 88);
         assert_eq!(core::mem::size_of::<RouteCache>(), 48);
-        assert_eq!(core::mem::size_of::<FlowStats>(), 88);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 80);
         assert_eq!(core::mem::size_of::<VlanDev>(), 8);
     }
 

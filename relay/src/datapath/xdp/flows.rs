@@ -7,10 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 use sluice_common::{FLOW_RTP, FlowAction, FlowKey, FlowStats, v4_padded};
 
 use super::XdpError;
+use super::lookup::{FlowIndex, LookupError, LookupMaps};
 use super::merge::{FlowAccount, FlowTotals, PathTotals, merge};
 use crate::session::StreamId;
 use crate::session::offload::{Component, FlowSpec};
@@ -29,6 +30,45 @@ struct Installed {
     entries: Vec<Entry>,
     /// Totals of flows already removed (a relatch restarts a flow's counters), per ingress leg.
     retired: [FlowTotals; 2],
+    /// Packets received per leg at the last publish: when the count moves, the leg is alive
+    /// (the program keeps no clock; the media timeout needs seconds, not packet times).
+    rx_seen: [u64; 2],
+}
+
+/// The kernel maps of the flow lookup.
+pub(super) struct KernelMaps {
+    pub ports: Array<MapData, u32>,
+    pub actions: Array<MapData, FlowAction>,
+    pub hash: BpfHashMap<MapData, FlowKey, u32>,
+    pub epoch: Array<MapData, u64>,
+}
+
+impl LookupMaps for KernelMaps {
+    type Error = MapError;
+    fn set_action(&mut self, slot: u32, action: &FlowAction) -> Result<(), MapError> {
+        self.actions.set(slot, action, 0)
+    }
+    fn set_port(&mut self, port: u16, value: u32) -> Result<(), MapError> {
+        self.ports.set(u32::from(port), value, 0)
+    }
+    fn insert_hash(&mut self, key: &FlowKey, value: u32) -> Result<(), MapError> {
+        self.hash.insert(key, value, 0)
+    }
+    fn remove_hash(&mut self, key: &FlowKey) -> Result<(), MapError> {
+        match self.hash.remove(key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl From<LookupError<MapError>> for XdpError {
+    fn from(e: LookupError<MapError>) -> XdpError {
+        match e {
+            LookupError::Full => XdpError::ActionsFull,
+            LookupError::Map(e) => XdpError::Map(e),
+        }
+    }
 }
 
 /// What [`FlowTable::apply`] changed, for events.
@@ -39,7 +79,9 @@ pub struct Applied {
 }
 
 pub struct FlowTable {
-    flows: BpfHashMap<MapData, FlowKey, FlowAction>,
+    maps: KernelMaps,
+    index: FlowIndex,
+    route_epoch: u64,
     stats: PerCpuArray<MapData, FlowStats>,
     free_slots: Vec<u32>,
     streams: HashMap<StreamId, Installed>,
@@ -52,14 +94,17 @@ pub struct FlowTable {
 
 impl FlowTable {
     pub(super) fn new(
-        flows: BpfHashMap<MapData, FlowKey, FlowAction>,
+        maps: KernelMaps,
         stats: PerCpuArray<MapData, FlowStats>,
         max_flows: u32,
         ttl: u8,
     ) -> Result<FlowTable, XdpError> {
         let nr_cpus = aya::util::nr_cpus().map_err(|(_, e)| XdpError::Cpus(e))?;
+        let action_slots = maps.actions.len();
         Ok(FlowTable {
-            flows,
+            maps,
+            index: FlowIndex::new(action_slots),
+            route_epoch: 0,
             stats,
             // Popped from the end: low slots first.
             free_slots: (0..max_flows).rev().collect(),
@@ -103,6 +148,7 @@ impl FlowTable {
             shared: shared.clone(),
             entries: Vec::new(),
             retired: Default::default(),
+            rx_seen: [0; 2],
         });
         let was = offloaded_legs(&installed.entries);
         // Remove what is no longer wanted first, so its slot can serve a new flow.
@@ -118,7 +164,8 @@ impl FlowTable {
             }
             let mut e = installed.entries.swap_remove(i);
             remove_entry(
-                &mut self.flows,
+                &mut self.index,
+                &mut self.maps,
                 &self.stats,
                 &mut e,
                 &mut installed.retired,
@@ -148,11 +195,13 @@ impl FlowTable {
                         zero(&mut self.stats, e.slot, self.nr_cpus)?;
                         e.account.reset();
                     }
-                    if e.key != key {
-                        let _ = self.flows.remove(&e.key);
+                    if e.key != key
+                        && let Err(err) = self.index.remove(&mut self.maps, &e.key)
+                    {
+                        tracing::warn!(stream, error = %err, "removing an XDP flow failed");
                     }
                     let Some(a) = action(e.slot) else { continue };
-                    self.flows.insert(key, a, 0)?;
+                    self.index.upsert(&mut self.maps, key, &a)?;
                     e.spec = *spec;
                     e.key = key;
                 }
@@ -165,8 +214,11 @@ impl FlowTable {
                         self.free_slots.push(slot);
                         continue;
                     };
-                    let installed_ok = zero(&mut self.stats, slot, self.nr_cpus)
-                        .and_then(|()| self.flows.insert(key, a, 0).map_err(XdpError::Map));
+                    let installed_ok = zero(&mut self.stats, slot, self.nr_cpus).and_then(|()| {
+                        self.index
+                            .upsert(&mut self.maps, key, &a)
+                            .map_err(XdpError::from)
+                    });
                     if let Err(e) = installed_ok {
                         self.free_slots.push(slot);
                         result = Err(e);
@@ -204,7 +256,7 @@ impl FlowTable {
         };
         // Out of the kernel's lookup first, so the counters read next are final.
         for e in &installed.entries {
-            if let Err(err) = self.flows.remove(&e.key) {
+            if let Err(err) = self.index.remove(&mut self.maps, &e.key) {
                 tracing::warn!(stream, error = %err, "removing an XDP flow failed");
             }
         }
@@ -220,6 +272,11 @@ impl FlowTable {
     /// Copies every offloaded stream's kernel counters into its shared statistics and the
     /// path totals.
     pub fn poll(&mut self) {
+        // Routes the program cached before now are re-resolved on their next packet.
+        self.route_epoch += 1;
+        if let Err(e) = self.maps.epoch.set(0, self.route_epoch, 0) {
+            tracing::debug!(error = %e, "advancing the XDP route epoch failed");
+        }
         for installed in self.streams.values_mut() {
             publish(installed, &self.stats, &mut self.totals);
         }
@@ -248,13 +305,14 @@ fn offloaded_legs(entries: &[Entry]) -> [bool; 2] {
 }
 
 fn remove_entry(
-    flows: &mut BpfHashMap<MapData, FlowKey, FlowAction>,
+    index: &mut FlowIndex,
+    maps: &mut KernelMaps,
     stats: &PerCpuArray<MapData, FlowStats>,
     e: &mut Entry,
     retired: &mut [FlowTotals; 2],
     totals: &mut PathTotals,
 ) {
-    if let Err(err) = flows.remove(&e.key) {
+    if let Err(err) = index.remove(maps, &e.key) {
         tracing::warn!(error = %err, "removing an XDP flow failed");
     }
     if let Some(last) = read(stats, e.slot) {
@@ -300,7 +358,7 @@ fn publish(
         e.account.account(&now, e.spec.ingress_leg, totals);
         by_ingress[e.spec.ingress_leg].add(&now);
     }
-    let offset = kernel_clock_offset();
+    let now = crate::clock::now_ns();
     for (leg, k) in installed.shared.kernel.iter().enumerate() {
         let rx = &by_ingress[leg];
         let tx = &by_ingress[1 - leg];
@@ -310,21 +368,14 @@ fn publish(
         k.tx_bytes.store(tx.bytes, Relaxed);
         k.rtp_expected.store(rx.rtp_expected, Relaxed);
         k.rtp_received.store(rx.rtp_received, Relaxed);
-        if rx.last_seen_ns != 0 {
-            let at = rx.last_seen_ns.saturating_add_signed(offset);
-            k.last_rx_ns.store(at, Relaxed);
+        if rx.packets > installed.rx_seen[leg] {
+            installed.rx_seen[leg] = rx.packets;
+            k.last_rx_ns.store(now, Relaxed);
         }
     }
 }
 
-/// `crate::clock` nanoseconds minus kernel CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns):
-/// both count the same clock from different origins.
-fn kernel_clock_offset() -> i64 {
-    let mono = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-        .unwrap_or(0);
-    i64::try_from(crate::clock::now_ns()).unwrap_or(i64::MAX) - mono
-}
+const IPPROTO_UDP: u8 = 17;
 
 fn flow_key(local: SocketAddr) -> Option<FlowKey> {
     match local.ip() {
@@ -358,6 +409,16 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         addr_bytes(spec.egress_local.ip()),
         addr_bytes(spec.egress_remote.ip()),
     );
+    let pseudo = |a: &[u8; 16], b: &[u8; 16]| {
+        use sluice_common::csum::{fold, pseudo_v4, pseudo_v6};
+        let v4 = |x: &[u8; 16]| [x[0], x[1], x[2], x[3]];
+        // Length 0: the program adds each packet's.
+        fold(if v6 {
+            pseudo_v6(a, b, IPPROTO_UDP, 0)
+        } else {
+            pseudo_v4(v4(a), v4(b), IPPROTO_UDP, 0)
+        })
+    };
     let csum_delta = sluice_common::csum::rewrite_delta(
         v6,
         (&src, &local, ports(spec.remote, spec.local)),
@@ -368,6 +429,9 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         ),
     );
     Some(FlowAction {
+        local,
+        old_pseudo: pseudo(&src, &local),
+        new_pseudo: pseudo(&new_src, &new_dst),
         src,
         new_src,
         new_dst,
@@ -384,6 +448,7 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         },
         csum_delta,
         stats_slot: slot,
+        _pad: [0; 4],
     })
 }
 

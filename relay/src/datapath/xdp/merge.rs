@@ -9,8 +9,6 @@ use crate::session::stats::LossAccount;
 pub struct FlowTotals {
     pub packets: u64,
     pub bytes: u64,
-    /// Kernel monotonic time of the last forwarded packet; 0 = none.
-    pub last_seen_ns: u64,
     pub rtp_received: u64,
     /// RTP packets the sequence numbers say were sent (RFC 3550 A.3: highest - first + 1).
     pub rtp_expected: u64,
@@ -20,7 +18,6 @@ impl FlowTotals {
     pub fn add(&mut self, other: &FlowTotals) {
         self.packets += other.packets;
         self.bytes += other.bytes;
-        self.last_seen_ns = self.last_seen_ns.max(other.last_seen_ns);
         self.rtp_received += other.rtp_received;
         self.rtp_expected += other.rtp_expected;
     }
@@ -35,7 +32,6 @@ pub fn merge(per_cpu: &[FlowStats]) -> FlowTotals {
     for s in per_cpu {
         t.packets += s.packets;
         t.bytes += s.bytes;
-        t.last_seen_ns = t.last_seen_ns.max(s.last_seen_ns);
         t.rtp_received += s.rtp_received;
     }
     let Some(reference) = per_cpu
@@ -149,7 +145,6 @@ mod tests {
             bytes: packets * 160,
             rtp_expected: expected,
             rtp_received: received,
-            ..FlowTotals::default()
         };
         // Polls of two flows in opposite directions.
         a.account(&at(10, 10, 10), 0, &mut totals);
@@ -175,10 +170,9 @@ mod tests {
     fn no_rtp_means_no_expectation() {
         let s = FlowStats {
             packets: 5,
-            last_seen_ns: 42,
             ..FlowStats::default()
         };
         let t = merge(&[s, s]);
-        assert_eq!((t.packets, t.last_seen_ns, t.rtp_expected), (10, 42, 0));
+        assert_eq!((t.packets, t.rtp_expected), (10, 0));
     }
 }

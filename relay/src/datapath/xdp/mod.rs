@@ -5,16 +5,18 @@
 pub mod aux_prog;
 pub mod device;
 pub mod flows;
+pub mod lookup;
 pub mod merge;
 
 use std::ffi::CString;
 use std::net::IpAddr;
 
-use aya::maps::{DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::{Xdp, XdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use sluice_common::{
-    Counter, DEVMAP, FLOW_STATS_MAP, FLOWS_MAP, STATS_MAP, Stat, VLANS_MAP, VlanDev, XDP_PROGRAM,
+    ACTIONS_MAP, Counter, DEVMAP, EPOCH_MAP, FLOW_STATS_MAP, FLOWS_MAP, PORTS_MAP, STATS_MAP, Stat,
+    VLANS_MAP, VlanDev, XDP_PROGRAM,
 };
 
 use crate::config::XdpConfig;
@@ -47,6 +49,8 @@ pub enum XdpError {
     },
     #[error("XDP device map: {0}")]
     DevMap(#[from] aya::maps::xdp::XdpMapError),
+    #[error("no free XDP action slot")]
+    ActionsFull,
     #[error("cannot count CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("network device {name}: {source}")]
@@ -112,6 +116,7 @@ impl FastPath {
         let max_flows = max_flows.max(1);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, max_flows)
+            .map_max_entries(ACTIONS_MAP, max_flows.saturating_mul(2))
             .map_max_entries(FLOW_STATS_MAP, max_flows)
             .load(PROGRAM_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
@@ -119,14 +124,19 @@ impl FastPath {
             return Err(XdpError::MissingMap(STATS_MAP));
         }
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(XdpError::MissingMap(name));
-        let flows = BpfHashMap::try_from(take(FLOWS_MAP)?)?;
+        let maps = flows::KernelMaps {
+            ports: Array::try_from(take(PORTS_MAP)?)?,
+            actions: Array::try_from(take(ACTIONS_MAP)?)?,
+            hash: BpfHashMap::try_from(take(FLOWS_MAP)?)?,
+            epoch: Array::try_from(take(EPOCH_MAP)?)?,
+        };
         let stats = PerCpuArray::try_from(take(FLOW_STATS_MAP)?)?;
         let devmap = DevMapHash::try_from(take(DEVMAP)?)?;
         let vlans = BpfHashMap::try_from(take(VLANS_MAP)?)?;
         Ok(FastPath {
             ebpf,
             attachments: Vec::new(),
-            flows: FlowTable::new(flows, stats, max_flows, system_ttl())?,
+            flows: FlowTable::new(maps, stats, max_flows, system_ttl())?,
             devmap,
             vlans,
         })
