@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice::datapath::xdp::{AttachMode, FastPath};
 use sluice_bench::privileged::privileged_or_skip;
@@ -33,7 +33,12 @@ fn udp_snmp(field: &str) -> u64 {
 }
 
 fn command(control: &UdpSocket, cmd: &str) -> String {
-    let cookie = format!("c{}", cmd.len());
+    // Unique per command: the relay answers a repeated cookie from its retransmission cache.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let cookie = format!(
+        "c{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
     control
         .send_to(format!("{cookie} {cmd}").as_bytes(), CONTROL)
         .unwrap();
@@ -138,6 +143,8 @@ level = "debug"
 port_min = 30000
 port_max = 30099
 quarantine = "0s"
+[session]
+media_timeout = "3s"
 [[media.interface]]
 name = "media"
 address = "{relay}"
@@ -292,6 +299,26 @@ enable_forwarding = true
     assert!(
         drain(&callee).iter().all(|(s, _)| *s != 60_000),
         "a spoofed source was forwarded"
+    );
+
+    // Longer than the media timeout with the stream only in the kernel: the daemon sees the
+    // kernel's packet counts move, so the call stays up.
+    let rx_before = relay_rx();
+    let until = Instant::now() + Duration::from_millis(4_500);
+    while Instant::now() < until {
+        caller.send_to(&rtp(seq), relay_for_caller).unwrap();
+        callee.send_to(&rtp(seq), relay_for_callee).unwrap();
+        seq = seq.wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(20));
+        drain(&callee);
+        drain(&caller);
+    }
+    assert_eq!(relay_rx(), rx_before, "the stream stayed in the kernel");
+    let reply = command(&control, "Q call-x ft tt");
+    assert!(
+        !reply.starts_with('E'),
+        "kernel-forwarded call timed out: Q -> {reply}; relay log:\n{}",
+        log_text()
     );
 
     // Delete: flows and sockets are gone, nothing is forwarded.
