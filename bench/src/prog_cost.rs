@@ -11,7 +11,6 @@
 //! check, cached route, rewrite, checksums, redirect).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
@@ -77,33 +76,10 @@ pub fn run(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
         bail!("--rounds and --repeat must be at least 1");
     }
     let topo = Topology::up(&Topology::unique_prefix("pc")).context("namespace topology")?;
-    let relay = topo.ns(Role::Relay);
-    for (addr, mac) in [
-        (topo::CALLEE_V4.to_string(), CALLEE_MAC),
-        (FAR_V4.to_string(), FAR_MAC),
-    ] {
-        ip(&[
-            "-n",
-            &relay,
-            "neigh",
-            "replace",
-            &addr,
-            "lladdr",
-            mac,
-            "dev",
-            topo::RELAY_CALLEE_DEV,
-            "nud",
-            "permanent",
-        ])?;
+    for (addr, mac) in [(topo::CALLEE_V4, CALLEE_MAC), (FAR_V4, FAR_MAC)] {
+        topo.static_neighbour(Role::Relay, addr.into(), mac, topo::RELAY_CALLEE_DEV)?;
     }
-    ip(&[
-        "netns",
-        "exec",
-        &relay,
-        "sysctl",
-        "-qw",
-        "net.ipv4.conf.all.forwarding=1",
-    ])?;
+    topo.enable_forwarding(Role::Relay)?;
     topo.run_in(Role::Relay, || measure(args))?
 }
 
@@ -247,21 +223,6 @@ fn sum_words(b: &[u8]) -> u64 {
     b.chunks(2)
         .map(|w| u64::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
         .sum()
-}
-
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 fn ifindex(dev: &str) -> anyhow::Result<u32> {

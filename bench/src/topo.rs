@@ -158,6 +158,45 @@ impl Topology {
         self.keep = true;
     }
 
+    /// A permanent neighbour entry in `role`'s namespace: route lookups there (the XDP
+    /// program's `bpf_fib_lookup` included) find `mac` for `addr` without ARP/ND traffic.
+    pub fn static_neighbour(
+        &self,
+        role: Role,
+        addr: IpAddr,
+        mac: &str,
+        dev: &str,
+    ) -> Result<(), TopoError> {
+        let (ns, addr) = (self.ns(role), addr.to_string());
+        ip(&[
+            "-n",
+            &ns,
+            "neigh",
+            "replace",
+            &addr,
+            "lladdr",
+            mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ])
+    }
+
+    /// IPv4 and IPv6 forwarding on in `role`'s namespace: `bpf_fib_lookup` only routes packets
+    /// that arrive on a forwarding device (see docs/xdp.md).
+    pub fn enable_forwarding(&self, role: Role) -> Result<(), TopoError> {
+        ip(&[
+            "netns",
+            "exec",
+            &self.ns(role),
+            "sysctl",
+            "-qw",
+            "net.ipv4.conf.all.forwarding=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ])
+    }
+
     /// Runs `f` on a thread inside `role`'s namespace. Sockets and BPF links created there stay
     /// in that namespace when used from other threads afterwards.
     pub fn run_in<R: Send>(

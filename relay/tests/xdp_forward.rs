@@ -208,15 +208,6 @@ fn parse(f: &[u8]) -> Out {
     }
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn mac_of(ns: &str, dev: &str) -> [u8; 6] {
     let out = Command::new("ip")
         .args(["-n", ns, "-br", "link", "show", dev])
@@ -315,58 +306,25 @@ fn forwards_rewrites_and_checksums_hand_built_frames() {
     let topo = Topology::up(&Topology::unique_prefix("xf")).expect("namespace topology");
     let relay = topo.ns(Role::Relay);
     // Static neighbours: the FIB lookup finds MACs without ARP/ND traffic.
-    ip(&[
-        "-n",
-        &relay,
-        "neigh",
-        "replace",
-        &topo::CALLEE_V4.to_string(),
-        "lladdr",
-        "02:00:00:00:02:02",
-        "dev",
-        topo::RELAY_CALLEE_DEV,
-        "nud",
-        "permanent",
-    ]);
-    ip(&[
-        "-n",
-        &relay,
-        "neigh",
-        "replace",
-        &topo::CALLEE_V6.to_string(),
-        "lladdr",
-        "02:00:00:00:02:02",
-        "dev",
-        topo::RELAY_CALLEE_DEV,
-        "nud",
-        "permanent",
-    ]);
-    ip(&[
-        "-n",
-        &relay,
-        "neigh",
-        "replace",
-        &SIDE_V4.to_string(),
-        "lladdr",
-        "02:00:00:00:01:03",
-        "dev",
-        topo::RELAY_CALLER_DEV,
-        "nud",
-        "permanent",
-    ]);
+    for (addr, mac, dev) in [
+        (
+            IpAddr::from(topo::CALLEE_V4),
+            "02:00:00:00:02:02",
+            topo::RELAY_CALLEE_DEV,
+        ),
+        (
+            topo::CALLEE_V6.into(),
+            "02:00:00:00:02:02",
+            topo::RELAY_CALLEE_DEV,
+        ),
+        (SIDE_V4.into(), "02:00:00:00:01:03", topo::RELAY_CALLER_DEV),
+    ] {
+        topo.static_neighbour(Role::Relay, addr, mac, dev).unwrap();
+    }
     // 802.1Q egress (a tagged frame out of a VLAN device on the same parent) needs the 8021q
     // module, which the CI kernel does not have; a tagged frame whose route leaves through an
     // untagged device must be passed, which is checked below.
-    // bpf_fib_lookup only routes for devices that forward (see docs/xdp.md).
-    ip(&[
-        "netns",
-        "exec",
-        &relay,
-        "sysctl",
-        "-qw",
-        "net.ipv4.conf.all.forwarding=1",
-        "net.ipv6.conf.all.forwarding=1",
-    ]);
+    topo.enable_forwarding(Role::Relay).unwrap();
     let callee_dev_mac = mac_of(&relay, topo::RELAY_CALLEE_DEV);
     let caller_dev_mac = mac_of(&relay, topo::RELAY_CALLER_DEV);
     let caller_if = ifindex(&relay, topo::RELAY_CALLER_DEV);
