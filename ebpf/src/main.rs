@@ -364,7 +364,7 @@ fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static Fl
         .get(u32::from(u16::from_be(port)))
         .ok_or(Stat::PassNoFlow)?;
     let flow = action(slot)?;
-    if flow.family == F::FAMILY && F::is(ctx, l3 + F::DST, &flow.local) {
+    if is_for::<F>(ctx, l3, port, flow) {
         return Ok(flow);
     }
     // The key built as words in an 8-aligned buffer: byte arrays on the stack would be
@@ -383,7 +383,21 @@ fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static Fl
     let key = unsafe { &*key.as_ptr().cast::<FlowKey>() };
     // SAFETY: the value is a plain u32, read once.
     let slot = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
-    action(*slot)
+    action(*slot).and_then(|flow| {
+        if is_for::<F>(ctx, l3, port, flow) {
+            Ok(flow)
+        } else {
+            Err(Stat::PassNoFlow)
+        }
+    })
+}
+
+/// Whether `flow` is the one for the packet's destination address and `port` (network order).
+#[inline(always)]
+fn is_for<F: Family>(ctx: &XdpContext, l3: usize, port: u16, flow: &FlowAction) -> bool {
+    flow.family == F::FAMILY
+        && u16::from_ne_bytes(flow.local_port) == port
+        && F::is(ctx, l3 + F::DST, &flow.local)
 }
 
 /// The action in `1 + slot` (0: none).

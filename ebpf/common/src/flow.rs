@@ -118,7 +118,10 @@ pub struct FlowAction {
     pub new_pseudo: u16,
     /// Index into [`FLOW_STATS_MAP`].
     pub stats_slot: u32,
-    pub _pad: [u8; 4],
+    /// The port of the flow's key, checked with `local` on every lookup: a port entry read
+    /// while the daemon rewrites it can only ever lead to this flow or to no flow.
+    pub local_port: [u8; 2],
+    pub _pad: [u8; 2],
 }
 
 /// Per-flow counters; each CPU has its own copy, userspace merges them.

@@ -448,7 +448,8 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         },
         csum_delta,
         stats_slot: slot,
-        _pad: [0; 4],
+        local_port: spec.local.port().to_be_bytes(),
+        _pad: [0; 2],
     })
 }
 

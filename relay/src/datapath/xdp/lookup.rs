@@ -165,7 +165,8 @@ mod tests {
         fn find(&self, key: &FlowKey) -> Option<FlowAction> {
             let value = *self.ports.get(&key.port()).filter(|v| **v != 0)?;
             let first = self.actions[&(value - 1)];
-            if first.local == key.addr && first.family == key.family {
+            if first.local == key.addr && first.family == key.family && first.local_port == key.port
+            {
                 return Some(first);
             }
             let value = *self.hash.get(key)?;
@@ -176,6 +177,7 @@ mod tests {
     fn action(key: &FlowKey, tag: u8) -> FlowAction {
         FlowAction {
             local: key.addr,
+            local_port: key.port,
             family: FAMILY_V4,
             ttl: tag,
             ..FlowAction::default()
