@@ -221,6 +221,9 @@ impl CoreLoop {
             if self.fast_path.is_some() {
                 next = next.min(self.next_poll);
             }
+            if let Some(wake) = self.datapath.wake_deadline() {
+                next = next.min(wake);
+            }
             let wait = next
                 .saturating_duration_since(Instant::now())
                 .max(Duration::from_millis(1));
@@ -245,6 +248,7 @@ impl CoreLoop {
             }
             self.table.tick(now, &mut self.actions);
             self.flush();
+            self.datapath.wake_due(now);
         }
         let mut actions = std::mem::take(&mut self.actions);
         self.table.delete_all(Instant::now(), &mut actions);

@@ -1,18 +1,25 @@
 //! Userspace datapath: N mio worker threads, each owning the sockets of the streams sharded to
-//! it. The control side talks to a worker through a crossbeam channel plus a mio `Waker`;
-//! workers report latch events back on a shared channel.
+//! it. The control side talks to a worker through a crossbeam channel plus a mio `Waker`, and
+//! registers new sockets with the worker's `Poll` itself so that handing a stream over wakes
+//! nobody (see [`handover`]); workers report latch events back on a shared channel.
 
 mod batch;
+mod handover;
 pub mod socket;
 mod worker;
 
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::{Poll, Waker};
+use mio::unix::SourceFd;
+use mio::{Interest, Poll, Registry, Waker};
+
+use handover::{LazyWake, SlotMap};
 
 pub use batch::{BATCH, MAX_DATAGRAM};
 pub use socket::{LegSockets, SocketOpener};
@@ -23,8 +30,16 @@ use crate::session::{Action, LegUpdate, StreamId};
 /// Control to worker.
 #[derive(Debug)]
 pub enum WorkerCmd {
-    Leg(LegUpdate<LegSockets>),
-    Remove { stream: StreamId },
+    /// `slot` is the stream's place in the worker's table, chosen by control; the sockets (if
+    /// any) are already registered with the worker's poll under that slot's tokens.
+    Leg {
+        slot: usize,
+        update: LegUpdate<LegSockets>,
+    },
+    Remove {
+        slot: usize,
+        stream: StreamId,
+    },
     Shutdown,
 }
 
@@ -67,6 +82,10 @@ pub struct WorkerCounters {
 struct WorkerHandle {
     commands: Sender<WorkerCmd>,
     waker: Waker,
+    /// The worker's poll registry, to register the sockets of new legs from here.
+    registry: Registry,
+    slots: SlotMap,
+    lazy: LazyWake,
     thread: Option<JoinHandle<()>>,
     counters: Arc<WorkerCounters>,
 }
@@ -128,6 +147,7 @@ impl Datapath {
         for index in 0..workers.max(1) {
             let poll = Poll::new()?;
             let waker = worker::waker(&poll)?;
+            let registry = poll.registry().try_clone()?;
             let (tx, rx): (Sender<WorkerCmd>, Receiver<WorkerCmd>) = crossbeam_channel::unbounded();
             let counters = Arc::new(WorkerCounters::default());
             let (events, worker_counters) = (events.clone(), counters.clone());
@@ -140,6 +160,9 @@ impl Datapath {
             handles.push(WorkerHandle {
                 commands: tx,
                 waker,
+                registry,
+                slots: SlotMap::default(),
+                lazy: LazyWake::default(),
                 thread: Some(thread),
                 counters,
             });
@@ -152,27 +175,70 @@ impl Datapath {
     }
 
     /// Carries out a datapath action of the session table; events are not for us.
-    pub fn apply(&self, action: Action<LegSockets>) -> Option<crate::session::SessionEvent> {
-        let (worker, cmd) = match action {
-            Action::Leg { worker, update } => (worker, WorkerCmd::Leg(update)),
-            Action::Remove { stream, worker } => (worker, WorkerCmd::Remove { stream }),
+    ///
+    /// Neither new legs nor removals wake the worker: a leg's sockets are registered with the
+    /// worker's poll right here (its first packet wakes the worker, which applies queued
+    /// commands before reading), and removals are batched ([`Datapath::wake_due`]). Waking a
+    /// worker per command cost a context switch per command and preempted the control thread
+    /// on a busy machine (BENCHMARKS.md, "gRPC control plane").
+    pub fn apply(&mut self, action: Action<LegSockets>) -> Option<crate::session::SessionEvent> {
+        let n = self.workers.len().max(1);
+        match action {
+            Action::Leg { worker, update } => {
+                let w = self.workers.get_mut(worker % n)?;
+                let slot = w.slots.assign(update.stream);
+                let (stream, leg) = (update.stream, update.leg);
+                let fds = update
+                    .sockets
+                    .as_ref()
+                    .map(|s| [s.rtp.as_raw_fd(), s.rtcp.as_raw_fd()]);
+                // Queued before registering, so any readiness the worker sees for these
+                // tokens finds the command; the worker never closes sockets without a later
+                // command from here (Remove, Shutdown, another Leg), so the fds stay valid.
+                if w.commands.send(WorkerCmd::Leg { slot, update }).is_err() {
+                    return None;
+                }
+                if let (Some(fds), true) = (fds, leg <= 1) {
+                    for (component, fd) in fds.into_iter().enumerate() {
+                        if let Err(e) = w.registry.register(
+                            &mut SourceFd(&fd),
+                            worker::token(slot, leg, component),
+                            Interest::READABLE,
+                        ) {
+                            tracing::error!(stream, error = %e, "cannot register media socket");
+                        }
+                    }
+                }
+            }
+            Action::Remove { stream, worker } => {
+                let w = self.workers.get_mut(worker % n)?;
+                // Never handed over: nothing to remove.
+                let slot = w.slots.release(stream)?;
+                if w.commands.send(WorkerCmd::Remove { slot, stream }).is_ok()
+                    && w.lazy.defer(Instant::now())
+                {
+                    wake(worker % n, w);
+                }
+            }
             Action::Event(e) => return Some(e),
             // The kernel fast path's business; the core applies it.
-            Action::Offload { .. } => return None,
-        };
-        self.send(worker, cmd);
+            Action::Offload { .. } => {}
+        }
         None
     }
 
-    fn send(&self, worker: usize, cmd: WorkerCmd) {
-        let Some(w) = self.workers.get(worker % self.workers.len().max(1)) else {
-            return;
-        };
-        if w.commands.send(cmd).is_ok()
-            && let Err(e) = w.waker.wake()
-        {
-            tracing::error!(worker, error = %e, "cannot wake datapath worker");
+    /// Wakes the workers whose deferred removals have waited long enough.
+    pub fn wake_due(&mut self, now: Instant) {
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if w.lazy.due(now) {
+                wake(i, w);
+            }
         }
+    }
+
+    /// When [`Datapath::wake_due`] next has something to do.
+    pub fn wake_deadline(&self) -> Option<Instant> {
+        self.workers.iter().filter_map(|w| w.lazy.deadline()).min()
     }
 
     pub fn totals(&self) -> DatapathTotals {
@@ -185,8 +251,10 @@ impl Datapath {
 
     /// Stops every worker and waits for it; their sockets close.
     pub fn shutdown(&mut self) {
-        for i in 0..self.workers.len() {
-            self.send(i, WorkerCmd::Shutdown);
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            if w.commands.send(WorkerCmd::Shutdown).is_ok() {
+                wake(i, w);
+            }
         }
         for w in &mut self.workers {
             if let Some(t) = w.thread.take()
@@ -195,6 +263,13 @@ impl Datapath {
                 tracing::error!("a datapath worker panicked");
             }
         }
+    }
+}
+
+fn wake(index: usize, w: &mut WorkerHandle) {
+    w.lazy.woken();
+    if let Err(e) = w.waker.wake() {
+        tracing::error!(worker = index, error = %e, "cannot wake datapath worker");
     }
 }
 

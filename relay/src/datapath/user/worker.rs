@@ -7,18 +7,16 @@
 //! counted from SO_MEMINFO), other streams are unaffected, and nothing is ever deregistered:
 //! when the flood stops the queue drains and the stream is back to normal at once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
-use mio::net::UdpSocket;
-use mio::{Events, Interest, Poll, Token, Waker};
-use slab::Slab;
+use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{BATCH, Batch};
 use super::socket::LegSockets;
@@ -37,7 +35,8 @@ const RTP: usize = 0;
 const RTCP: usize = 1;
 
 struct LegSlot {
-    /// `[rtp, rtcp]` once the leg has local ports.
+    /// `[rtp, rtcp]` once the leg has local ports. Registered with the poll by control
+    /// (`Datapath::apply`); closing them takes them out of the poll.
     sockets: Option<[UdpSocket; 2]>,
     latch: [Latch; 2],
     rtcp_explicit: bool,
@@ -63,8 +62,8 @@ pub(super) struct Worker {
     poll: Poll,
     commands: Receiver<WorkerCmd>,
     events: Sender<WorkerEvent>,
-    streams: Slab<StreamSlot>,
-    by_id: HashMap<StreamId, usize>,
+    /// Indexed by the slot control assigned (`handover::SlotMap`).
+    streams: Vec<Option<StreamSlot>>,
     batch: Box<Batch>,
     ready: VecDeque<Token>,
     counters: Arc<WorkerCounters>,
@@ -90,8 +89,7 @@ impl Worker {
             poll,
             commands,
             events,
-            streams: Slab::new(),
-            by_id: HashMap::new(),
+            streams: Vec::new(),
             batch: Batch::new(),
             ready: VecDeque::new(),
             counters,
@@ -144,8 +142,8 @@ impl Worker {
         }
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                WorkerCmd::Leg(update) => self.upsert_leg(update),
-                WorkerCmd::Remove { stream } => self.remove(stream),
+                WorkerCmd::Leg { slot, update } => self.upsert_leg(slot, update),
+                WorkerCmd::Remove { slot, stream } => self.remove(slot, stream),
                 WorkerCmd::Shutdown => {
                     self.stopping = true;
                     return false;
@@ -155,7 +153,7 @@ impl Worker {
         true
     }
 
-    fn upsert_leg(&mut self, update: LegUpdate<LegSockets>) {
+    fn upsert_leg(&mut self, slot: usize, update: LegUpdate<LegSockets>) {
         let LegUpdate {
             stream: id,
             leg,
@@ -170,75 +168,60 @@ impl Worker {
         }
         let now_ns = clock::now_ns();
         let rtcp_sdp = remote_rtcp.or_else(|| remote.map(rtcp_of));
-        let slot = match self.by_id.get(&id) {
-            Some(&slot) => slot,
-            None => {
-                let new_leg = || LegSlot {
-                    sockets: None,
-                    latch: [Latch::new(policy, None), Latch::new(policy, None)],
-                    rtcp_explicit: false,
-                    stats: RtpStats::new(),
-                    loss: LossAccount::default(),
-                    rtp_recent: false,
-                };
-                let slot = self.streams.insert(StreamSlot {
-                    id,
-                    shared,
-                    legs: [new_leg(), new_leg()],
-                    flooded: false,
-                    kernel_drops_seen: [[0; 2]; 2],
-                });
-                self.by_id.insert(id, slot);
-                self.counters.streams.fetch_add(1, Relaxed);
-                slot
+        if self.streams.len() <= slot {
+            self.streams.resize_with(slot + 1, || None);
+        }
+        let entry = &mut self.streams[slot];
+        if entry.as_ref().is_some_and(|s| s.id != id) {
+            // Control removes a stream before reusing its slot; this is a bug, not input.
+            tracing::error!(stream = id, slot, "slot still taken; replacing its stream");
+            *entry = None;
+            self.counters.streams.fetch_sub(1, Relaxed);
+        }
+        let stream = entry.get_or_insert_with(|| {
+            let new_leg = || LegSlot {
+                sockets: None,
+                latch: [Latch::new(policy, None), Latch::new(policy, None)],
+                rtcp_explicit: false,
+                stats: RtpStats::new(),
+                loss: LossAccount::default(),
+                rtp_recent: false,
+            };
+            self.counters.streams.fetch_add(1, Relaxed);
+            StreamSlot {
+                id,
+                shared,
+                legs: [new_leg(), new_leg()],
+                flooded: false,
+                kernel_drops_seen: [[0; 2]; 2],
             }
-        };
-        let Some(stream) = self.streams.get_mut(slot) else {
-            return;
-        };
+        });
         let l = &mut stream.legs[leg];
         l.latch[RTP].update(policy, remote, now_ns);
         l.latch[RTCP].update(policy, rtcp_sdp, now_ns);
         l.rtcp_explicit = remote_rtcp.is_some();
         if let Some(sockets) = sockets {
-            let mut pair = [
-                UdpSocket::from_std(sockets.rtp),
-                UdpSocket::from_std(sockets.rtcp),
-            ];
-            for (component, socket) in pair.iter_mut().enumerate() {
-                let token = Token(slot << 2 | leg << 1 | component);
-                if let Err(e) = self
-                    .poll
-                    .registry()
-                    .register(socket, token, Interest::READABLE)
-                {
-                    tracing::error!(stream = id, error = %e, "cannot register media socket");
-                }
-            }
-            l.sockets = Some(pair);
-            // Packets may already be queued (sent before we registered): edge-triggered
-            // readiness would not report them, so look once.
+            l.sockets = Some([sockets.rtp, sockets.rtcp]);
+            // Packets may have been queued before control registered the sockets, and their
+            // readiness may have been consumed by a wake-up that found no stream here yet:
+            // look once.
             for component in [RTP, RTCP] {
-                self.ready
-                    .push_back(Token(slot << 2 | leg << 1 | component));
+                self.ready.push_back(token(slot, leg, component));
             }
         }
     }
 
-    fn remove(&mut self, id: StreamId) {
-        let Some(slot) = self.by_id.remove(&id) else {
+    fn remove(&mut self, slot: usize, id: StreamId) {
+        let Some(entry) = self.streams.get_mut(slot) else {
             return;
         };
-        if let Some(mut stream) = self.streams.try_remove(slot) {
-            for leg in &mut stream.legs {
-                for socket in leg.sockets.iter_mut().flatten() {
-                    let _ = self.poll.registry().deregister(socket);
-                }
-            }
+        if entry.as_ref().is_some_and(|s| s.id == id) {
+            // The sockets close as the stream drops here, which also takes them out of the
+            // poll (no other descriptor refers to them). Stale tokens in `ready` find no
+            // slot or a new stream's socket, where a spurious read is harmless.
+            *entry = None;
             self.counters.streams.fetch_sub(1, Relaxed);
         }
-        // Sockets close as `stream` drops here; stale tokens in `ready` find no slot or a
-        // new stream's socket, where a spurious read is harmless.
     }
 
     fn serve(&mut self, token: Token) {
@@ -255,7 +238,7 @@ impl Worker {
                 Drained::No => {}
             }
         }
-        if let Some(stream) = self.streams.get_mut(token.0 >> 2) {
+        if let Some(Some(stream)) = self.streams.get_mut(token.0 >> 2) {
             stream.flooded = true;
         }
         self.ready.push_back(token);
@@ -264,7 +247,7 @@ impl Worker {
     fn read_batch(&mut self, token: Token) -> Drained {
         let (slot, leg, component) = (token.0 >> 2, (token.0 >> 1) & 1, token.0 & 1);
         let other = 1 - leg;
-        let Some(stream) = self.streams.get_mut(slot) else {
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
             return Drained::Yes;
         };
         let Some(fd) = socket_fd(&stream.legs[leg], component) else {
@@ -412,7 +395,7 @@ impl Worker {
     /// Samples the jitter of legs that carried RTP since the last round, and reads the
     /// kernel's per-socket drop counters of streams that were flooded.
     fn housekeeping(&mut self) {
-        for (_, stream) in self.streams.iter_mut() {
+        for stream in self.streams.iter_mut().flatten() {
             for (leg, slot) in stream.legs.iter_mut().enumerate() {
                 if std::mem::take(&mut slot.rtp_recent) {
                     let jitter_us = stream.shared.legs[leg].rtp_jitter_us.load(Relaxed);
@@ -420,7 +403,7 @@ impl Worker {
                 }
             }
         }
-        for (_, stream) in self.streams.iter_mut().filter(|(_, s)| s.flooded) {
+        for stream in self.streams.iter_mut().flatten().filter(|s| s.flooded) {
             stream.flooded = false;
             for leg in 0..2 {
                 for component in [RTP, RTCP] {
@@ -483,6 +466,11 @@ fn kernel_drops(fd: RawFd) -> Option<u32> {
         )
     };
     (rc == 0).then_some(info[SK_MEMINFO_DROPS])
+}
+
+/// The poll token of a stream's socket: slot, leg (0/1) and component (RTP/RTCP).
+pub(super) fn token(slot: usize, leg: usize, component: usize) -> Token {
+    Token(slot << 2 | leg << 1 | component)
 }
 
 /// Registers the waker on `poll`.
