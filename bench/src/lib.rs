@@ -9,6 +9,7 @@ pub mod charts;
 pub mod child;
 pub mod clock;
 pub mod compare;
+pub mod grpc_h2;
 pub mod kernel;
 pub mod meter;
 pub mod ng_client;

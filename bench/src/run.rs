@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use crate::relay::{self, Relay, RelayProcess, SpawnOptions};
 use crate::report::{Machine, RelayInfo, Report};
 use crate::rtpengine::{self, RtpengineOptions, RtpengineProcess};
-use crate::scenario::control::{self, ControlOptions};
+use crate::scenario::control::{self, ControlOptions, GrpcClient};
 use crate::scenario::control_grpc;
 use crate::scenario::flood::{self, FloodOptions, Forwarder};
 use crate::scenario::steady::{self, SteadyOptions};
@@ -147,6 +147,11 @@ pub struct RunArgs {
     /// Control command tries before giving up (Kamailio: 5).
     #[arg(long, default_value_t = 5)]
     pub tries: u32,
+    /// control, sluice-grpc: the gRPC client. `h2` frames calls itself on h2 (a third of
+    /// tonic's client CPU, which shares the machine with the relay); `tonic` is the stock
+    /// client.
+    #[arg(long, value_enum, default_value = "h2")]
+    pub grpc_client: GrpcClient,
 
     /// Where the traffic flows (flood and steady; control always runs on loopback).
     #[arg(long, value_enum, default_value = "loopback")]
@@ -321,6 +326,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 timeout: a.timeout,
                 tries: a.tries,
                 progress,
+                grpc_client: a.grpc_client,
             };
             let result = match (a.target, relay.grpc()) {
                 (Target::SluiceGrpc, Some(grpc)) => control_grpc::run(grpc, relay.pid(), &o)?,

@@ -164,3 +164,36 @@ fn control_and_steady_against_sluice() {
     assert_eq!(s["teardown_errors"], serde_json::json!({}));
     assert!(s["relay_cpu_ns_per_packet"].as_f64().unwrap() > 0.0);
 }
+
+#[test]
+fn control_over_grpc_with_both_clients() {
+    let Some(relay) = find_sluice().or_else(build_sluice) else {
+        eprintln!("SKIPPED: no sluice binary and `cargo build -p sluice` failed");
+        return;
+    };
+    for client in ["h2", "tonic"] {
+        let Some(r) = bench(
+            &relay,
+            &format!("grpc-{client}"),
+            &[
+                "--target",
+                "sluice-grpc",
+                "--scenario",
+                "control",
+                "--cycles",
+                "200",
+                "--concurrency",
+                "8",
+                "--grpc-client",
+                client,
+            ],
+        ) else {
+            return;
+        };
+        let c = &r["control"];
+        assert_eq!(c["cycles_ok"], 200, "{client}: {c:#}");
+        assert_eq!(c["cycles_failed"], 0, "{client}");
+        assert_eq!(c["errors"], serde_json::json!({}), "{client}");
+        assert_eq!(c["latency"]["delete"]["count"], 200, "{client}");
+    }
+}

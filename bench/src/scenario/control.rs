@@ -38,6 +38,18 @@ pub struct ControlOptions {
     pub timeout: Duration,
     pub tries: u32,
     pub progress: bool,
+    /// gRPC target only: which client library drives it.
+    pub grpc_client: GrpcClient,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrpcClient {
+    /// Unary calls framed directly on an `h2` connection (`crate::grpc_h2`).
+    #[default]
+    H2,
+    /// tonic's generated client over a `Channel`.
+    Tonic,
 }
 
 impl ControlOptions {

@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use sluice_proto::v1::relay_client::RelayClient;
-use sluice_proto::v1::{AnswerRequest, DeleteRequest, MediaStream, OfferRequest};
+use sluice_proto::v1::{
+    AnswerRequest, AnswerResponse, DeleteRequest, DeleteResponse, MediaStream, OfferRequest,
+    OfferResponse,
+};
 use tonic::transport::Channel;
 
-use super::control::{ControlLatency, ControlOptions, ControlResult, bursts};
+use super::control::{ControlLatency, ControlOptions, ControlResult, GrpcClient, bursts};
 use crate::clock::thread_cpu_ns;
+use crate::grpc_h2::H2Grpc;
 use crate::meter::{Meter, TimerProbe};
 use crate::rtpp_client::{PipelineStats, random_u32};
 use crate::stats::{LatencySummary, latency_histogram, record};
@@ -90,6 +94,76 @@ fn stream(port: u32) -> Vec<MediaStream> {
     }]
 }
 
+/// One connection's client, of the kind `--grpc-client` chose. Calls return the failure's
+/// label for the error tally.
+#[derive(Clone)]
+enum Client {
+    Tonic(RelayClient<Channel>),
+    H2(H2Grpc),
+}
+
+impl Client {
+    async fn connect(kind: GrpcClient, relay: SocketAddr) -> io::Result<Client> {
+        let failed = |e: &dyn std::fmt::Display| {
+            io::Error::other(format!("connecting to gRPC {relay}: {e}"))
+        };
+        Ok(match kind {
+            GrpcClient::Tonic => {
+                let endpoint =
+                    Channel::from_shared(format!("http://{relay}")).map_err(io::Error::other)?;
+                let channel = endpoint.connect().await.map_err(|e| failed(&e))?;
+                Client::Tonic(RelayClient::new(channel))
+            }
+            GrpcClient::H2 => Client::H2(H2Grpc::connect(relay).await.map_err(|e| failed(&e))?),
+        })
+    }
+
+    async fn offer(&mut self, req: OfferRequest) -> Result<(), String> {
+        match self {
+            Client::Tonic(c) => c
+                .offer(req)
+                .await
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
+            Client::H2(c) => c
+                .call::<_, OfferResponse>("/sluice.v1.Relay/Offer", &req)
+                .await
+                .map(drop)
+                .map_err(|e| e.label()),
+        }
+    }
+
+    async fn answer(&mut self, req: AnswerRequest) -> Result<(), String> {
+        match self {
+            Client::Tonic(c) => c
+                .answer(req)
+                .await
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
+            Client::H2(c) => c
+                .call::<_, AnswerResponse>("/sluice.v1.Relay/Answer", &req)
+                .await
+                .map(drop)
+                .map_err(|e| e.label()),
+        }
+    }
+
+    async fn delete(&mut self, req: DeleteRequest) -> Result<(), String> {
+        match self {
+            Client::Tonic(c) => c
+                .delete(req)
+                .await
+                .map(drop)
+                .map_err(|s| format!("{:?}", s.code())),
+            Client::H2(c) => c
+                .call::<_, DeleteResponse>("/sluice.v1.Relay/Delete", &req)
+                .await
+                .map(drop)
+                .map_err(|e| e.label()),
+        }
+    }
+}
+
 fn ns(since: Instant) -> u64 {
     since.elapsed().as_nanos() as u64
 }
@@ -107,13 +181,9 @@ pub fn run(
         .build()?;
     // Several HTTP/2 connections, as a SIP proxy with several worker processes would open: one
     // connection's frames are handled by one server task, which would serialize the load.
-    let mut channels = Vec::new();
+    let mut clients = Vec::new();
     for _ in 0..CONNECTIONS.min(o.concurrency.max(1)) {
-        let endpoint = Channel::from_shared(format!("http://{relay}")).map_err(io::Error::other)?;
-        let channel = rt
-            .block_on(endpoint.connect())
-            .map_err(|e| io::Error::other(format!("connecting to gRPC {relay}: {e}")))?;
-        channels.push(channel);
+        clients.push(rt.block_on(Client::connect(o.grpc_client, relay))?);
     }
     let run_id = random_u32();
     let started = Arc::new(AtomicU64::new(0));
@@ -127,7 +197,7 @@ pub fn run(
     let mut total = rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..o.concurrency.max(1) {
-            let mut client = RelayClient::new(channels[i % channels.len()].clone());
+            let mut client = clients[i % clients.len()].clone();
             let started = started.clone();
             tasks.push(tokio::spawn(async move {
                 let mut h = Histograms::new();
@@ -163,10 +233,7 @@ pub fn run(
                         })
                         .await;
                     record(h.offer.as_mut().expect("set"), ns(op));
-                    let mut failed = offer
-                        .as_ref()
-                        .err()
-                        .map(|s| format!("Offer:{:?}", s.code()));
+                    let mut failed = offer.err().map(|e| format!("Offer:{e}"));
                     if failed.is_none() {
                         let op = Instant::now();
                         let answer = client
@@ -179,7 +246,7 @@ pub fn run(
                             })
                             .await;
                         record(h.answer.as_mut().expect("set"), ns(op));
-                        failed = answer.err().map(|s| format!("Answer:{:?}", s.code()));
+                        failed = answer.err().map(|e| format!("Answer:{e}"));
                         let op = Instant::now();
                         let delete = client
                             .delete(DeleteRequest {
@@ -189,7 +256,7 @@ pub fn run(
                             .await;
                         record(h.delete.as_mut().expect("set"), ns(op));
                         if failed.is_none() {
-                            failed = delete.err().map(|s| format!("Delete:{:?}", s.code()));
+                            failed = delete.err().map(|e| format!("Delete:{e}"));
                         }
                     }
                     match failed {
