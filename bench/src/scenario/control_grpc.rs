@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use super::control::{ControlLatency, ControlOptions, ControlResult, GrpcClient, bursts};
 use crate::clock::thread_cpu_ns;
-use crate::grpc_h2::H2Grpc;
+use crate::grpc_h2::{CallError, H2Grpc};
 use crate::meter::{Meter, TimerProbe};
 use crate::rtpp_client::{PipelineStats, random_u32};
 use crate::stats::{LatencySummary, latency_histogram, record};
@@ -120,48 +120,43 @@ impl Client {
 
     async fn offer(&mut self, req: OfferRequest) -> Result<(), String> {
         match self {
-            Client::Tonic(c) => c
-                .offer(req)
-                .await
-                .map(drop)
-                .map_err(|s| format!("{:?}", s.code())),
-            Client::H2(c) => c
-                .call::<_, OfferResponse>("/sluice.v1.Relay/Offer", &req)
-                .await
-                .map(drop)
-                .map_err(|e| e.label()),
+            Client::Tonic(c) => tonic_outcome(c.offer(req).await),
+            Client::H2(c) => h2_outcome(
+                c.call::<_, OfferResponse>("/sluice.v1.Relay/Offer", &req)
+                    .await,
+            ),
         }
     }
 
     async fn answer(&mut self, req: AnswerRequest) -> Result<(), String> {
         match self {
-            Client::Tonic(c) => c
-                .answer(req)
-                .await
-                .map(drop)
-                .map_err(|s| format!("{:?}", s.code())),
-            Client::H2(c) => c
-                .call::<_, AnswerResponse>("/sluice.v1.Relay/Answer", &req)
-                .await
-                .map(drop)
-                .map_err(|e| e.label()),
+            Client::Tonic(c) => tonic_outcome(c.answer(req).await),
+            Client::H2(c) => h2_outcome(
+                c.call::<_, AnswerResponse>("/sluice.v1.Relay/Answer", &req)
+                    .await,
+            ),
         }
     }
 
     async fn delete(&mut self, req: DeleteRequest) -> Result<(), String> {
         match self {
-            Client::Tonic(c) => c
-                .delete(req)
-                .await
-                .map(drop)
-                .map_err(|s| format!("{:?}", s.code())),
-            Client::H2(c) => c
-                .call::<_, DeleteResponse>("/sluice.v1.Relay/Delete", &req)
-                .await
-                .map(drop)
-                .map_err(|e| e.label()),
+            Client::Tonic(c) => tonic_outcome(c.delete(req).await),
+            Client::H2(c) => h2_outcome(
+                c.call::<_, DeleteResponse>("/sluice.v1.Relay/Delete", &req)
+                    .await,
+            ),
         }
     }
+}
+
+/// A call's outcome as the scenario tallies it: the reply is not needed, a failure is labelled
+/// by its gRPC code.
+fn tonic_outcome<T>(r: Result<T, tonic::Status>) -> Result<(), String> {
+    r.map(drop).map_err(|s| format!("{:?}", s.code()))
+}
+
+fn h2_outcome<T>(r: Result<T, CallError>) -> Result<(), String> {
+    r.map(drop).map_err(|e| e.label())
 }
 
 fn ns(since: Instant) -> u64 {
