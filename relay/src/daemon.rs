@@ -160,10 +160,17 @@ impl Daemon {
                 .map_err(DaemonError::MetricsServe)
         });
         let grpc_stop = until_stopped();
+        let core_runtime = core.runtime().clone();
         tasks.spawn(async move {
-            grpc::serve(grpc_listener, grpc_service, grpc_security, grpc_stop)
-                .await
-                .map_err(DaemonError::from)
+            grpc::serve(
+                &core_runtime,
+                grpc_listener,
+                grpc_service,
+                grpc_security,
+                grpc_stop,
+            )
+            .await
+            .map_err(DaemonError::from)
         });
         tracing::info!(
             metrics = %format!("http://{metrics_addr}/metrics"),

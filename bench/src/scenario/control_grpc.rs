@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use sluice_proto::v1::relay_client::RelayClient;
@@ -19,7 +19,7 @@ use sluice_proto::v1::{
 use tonic::transport::Channel;
 
 use super::control::{ControlLatency, ControlOptions, ControlResult, GrpcClient, bursts};
-use crate::clock::thread_cpu_ns;
+use crate::clock::{AsyncSleeper, now_ns, thread_cpu_ns, tight_timer_slack};
 use crate::grpc_h2::{CallError, H2Grpc};
 use crate::meter::{Meter, TimerProbe};
 use crate::rtpp_client::{PipelineStats, random_u32};
@@ -57,27 +57,6 @@ impl Histograms {
             sched: Some(latency_histogram()),
             ..Histograms::default()
         }
-    }
-
-    fn merge(&mut self, other: Histograms) {
-        for (mine, theirs) in [
-            (&mut self.offer, other.offer),
-            (&mut self.answer, other.answer),
-            (&mut self.delete, other.delete),
-            (&mut self.cycle, other.cycle),
-            (&mut self.sched, other.sched),
-        ] {
-            if let (Some(m), Some(t)) = (mine.as_mut(), theirs) {
-                let _ = m.add(t);
-            }
-        }
-        self.ok += other.ok;
-        self.failed += other.failed;
-        for (k, v) in other.errors {
-            *self.errors.entry(k).or_default() += v;
-        }
-        self.slow_count += other.slow_count;
-        self.slow.extend(other.slow);
     }
 
     fn summary(h: &Option<Histogram<u64>>) -> LatencySummary {
@@ -159,6 +138,10 @@ fn h2_outcome<T>(r: Result<T, CallError>) -> Result<(), String> {
     r.map(drop).map_err(|e| e.label())
 }
 
+fn lock(h: &Mutex<Histograms>) -> std::sync::MutexGuard<'_, Histograms> {
+    h.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn ns(since: Instant) -> u64 {
     since.elapsed().as_nanos() as u64
 }
@@ -174,6 +157,8 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // The runtime runs on this thread (block_on): its timerfd wake-ups get the tight slack.
+    tight_timer_slack();
     // Several HTTP/2 connections, as a SIP proxy with several worker processes would open: one
     // connection's frames are handled by one server task, which would serialize the load.
     let mut clients = Vec::new();
@@ -182,32 +167,50 @@ pub fn run(
     }
     let run_id = random_u32();
     let started = Arc::new(AtomicU64::new(0));
+    // On the ns clock of `AsyncSleeper`, as the rtpproxy variant's schedule.
+    let interval_ns = o.rate.map(|r| (1e9 / r.max(1e-3)) as u64);
+    // Everything a task needs is allocated before the clock starts: one set of histograms for
+    // all tasks (they share this thread; 64 sets were 68 MB, zeroed and faulted in while the
+    // first cycles were due, which showed as a 40 ms stall at the start of every run), and one
+    // timer per task when the schedule is fixed.
+    let shared = Arc::new(Mutex::new(Histograms::new()));
+    let mut sleepers = {
+        let _runtime = rt.enter();
+        (0..o.concurrency.max(1))
+            .map(|_| interval_ns.map(|_| AsyncSleeper::new()).transpose())
+            .collect::<io::Result<Vec<_>>>()?
+    };
     let probe = TimerProbe::start();
     let meter = Meter::start(relay_pid);
     let cpu0 = thread_cpu_ns();
     let t0 = Instant::now();
     let deadline = o.duration.map(|d| t0 + d);
-    let interval = o.rate.map(|r| Duration::from_secs_f64(1.0 / r.max(1e-3)));
+    let t0_ns = now_ns();
     let limit = o.cycles;
-    let mut total = rt.block_on(async {
+    rt.block_on(async {
         let mut tasks = Vec::new();
-        for i in 0..o.concurrency.max(1) {
+        for (i, mut sleeper) in sleepers.drain(..).enumerate() {
             let mut client = clients[i % clients.len()].clone();
             let started = started.clone();
+            let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
-                let mut h = Histograms::new();
                 loop {
                     let n = started.fetch_add(1, Relaxed);
                     if limit.is_some_and(|l| n >= l) {
                         break;
                     }
-                    let scheduled = match interval {
-                        Some(iv) => {
-                            let at = t0 + iv * u32::try_from(n).unwrap_or(u32::MAX);
-                            tokio::time::sleep_until(at.into()).await;
+                    let scheduled_ns = match (interval_ns, sleeper.as_mut()) {
+                        (Some(iv), Some(sleeper)) => {
+                            let at = t0_ns + iv * n;
+                            if let Err(e) = sleeper.sleep_until_ns(at).await {
+                                let mut h = lock(&shared);
+                                h.failed += 1;
+                                *h.errors.entry(format!("timerfd:{e}")).or_default() += 1;
+                                break;
+                            }
                             at
                         }
-                        None => Instant::now(),
+                        _ => now_ns(),
                     };
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
@@ -218,7 +221,6 @@ pub fn run(
                         format!("t{n}"),
                     );
                     let start = Instant::now();
-                    let op = Instant::now();
                     let offer = client
                         .offer(OfferRequest {
                             call_id: call_id.clone(),
@@ -227,8 +229,9 @@ pub fn run(
                             ..Default::default()
                         })
                         .await;
-                    record(h.offer.as_mut().expect("set"), ns(op));
+                    let offer_ns = ns(start);
                     let mut failed = offer.err().map(|e| format!("Offer:{e}"));
+                    let mut answer_delete_ns = None;
                     if failed.is_none() {
                         let op = Instant::now();
                         let answer = client
@@ -240,7 +243,7 @@ pub fn run(
                                 ..Default::default()
                             })
                             .await;
-                        record(h.answer.as_mut().expect("set"), ns(op));
+                        let answer_ns = ns(op);
                         failed = answer.err().map(|e| format!("Answer:{e}"));
                         let op = Instant::now();
                         let delete = client
@@ -249,15 +252,21 @@ pub fn run(
                                 ..Default::default()
                             })
                             .await;
-                        record(h.delete.as_mut().expect("set"), ns(op));
+                        answer_delete_ns = Some((answer_ns, ns(op)));
                         if failed.is_none() {
                             failed = delete.err().map(|e| format!("Delete:{e}"));
                         }
                     }
+                    let took = ns(start);
+                    let mut h = lock(&shared);
+                    record(h.offer.as_mut().expect("set"), offer_ns);
+                    if let Some((answer_ns, delete_ns)) = answer_delete_ns {
+                        record(h.answer.as_mut().expect("set"), answer_ns);
+                        record(h.delete.as_mut().expect("set"), delete_ns);
+                    }
                     match failed {
                         None => {
                             h.ok += 1;
-                            let took = ns(start);
                             record(h.cycle.as_mut().expect("set"), took);
                             if took > SLOW_CYCLE_NS {
                                 h.slow_count += 1;
@@ -268,8 +277,11 @@ pub fn run(
                                     ));
                                 }
                             }
-                            if interval.is_some() {
-                                record(h.sched.as_mut().expect("set"), ns(scheduled));
+                            if interval_ns.is_some() {
+                                record(
+                                    h.sched.as_mut().expect("set"),
+                                    now_ns().saturating_sub(scheduled_ns),
+                                );
                             }
                         }
                         Some(e) => {
@@ -278,17 +290,13 @@ pub fn run(
                         }
                     }
                 }
-                h
             }));
         }
-        let mut total = Histograms::new();
         for t in tasks {
-            if let Ok(h) = t.await {
-                total.merge(h);
-            }
+            let _ = t.await;
         }
-        total
     });
+    let mut total = std::mem::take(&mut *lock(&shared));
     let elapsed = t0.elapsed().as_secs_f64();
     let client_cpu = thread_cpu_ns().saturating_sub(cpu0) as f64 / 1e9;
     let usage = meter.finish();
@@ -311,7 +319,7 @@ pub fn run(
             answer: Histograms::summary(&total.answer),
             delete: Histograms::summary(&total.delete),
             cycle: Histograms::summary(&total.cycle),
-            cycle_from_schedule: interval.map(|_| Histograms::summary(&total.sched)),
+            cycle_from_schedule: interval_ns.map(|_| Histograms::summary(&total.sched)),
         },
         errors: total.errors,
         retries: 0,

@@ -1,10 +1,16 @@
-//! The command core every front end drives: one thread owns the session table, applies its
+//! The command core every front end drives: one task owns the session table, applies its
 //! datapath actions and timers, and answers requests sent over a channel. Front ends hold a
 //! cheap, cloneable [`CoreHandle`].
+//!
+//! The task runs on a single-threaded tokio runtime of its own thread (`sluice-core`), and the
+//! gRPC front end is served on that same runtime ([`Core::runtime`]): a gRPC request then goes
+//! from the connection to the core and back without waking another thread. With the core on a
+//! thread of its own, each request crossed threads twice more (gRPC thread -> core -> gRPC
+//! thread), and on a small VM each such wake-up costs tens of microseconds.
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, select};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::datapath::user::{Datapath, DatapathTotals, SocketOpener, WorkerEvent};
@@ -60,7 +66,7 @@ enum Request {
 
 #[derive(Clone)]
 pub struct CoreHandle {
-    requests: Sender<Request>,
+    requests: UnboundedSender<Request>,
     events: broadcast::Sender<SessionEvent>,
 }
 
@@ -143,7 +149,8 @@ impl CoreHandle {
 /// The running core thread. Dropping it (or every handle) stops it.
 pub struct Core {
     thread: Option<std::thread::JoinHandle<()>>,
-    stop: Option<Sender<Request>>,
+    stop: Option<UnboundedSender<Request>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl Core {
@@ -153,17 +160,25 @@ impl Core {
         opener: SocketOpener,
         fast_path: Option<FastPath>,
     ) -> std::io::Result<(Core, CoreHandle)> {
-        let (requests_tx, requests_rx) = crossbeam_channel::unbounded();
-        let (events_tx, events_rx) = crossbeam_channel::unbounded();
+        let (requests_tx, requests_rx) = unbounded_channel();
+        let (events_tx, events_rx) = unbounded_channel();
         let (broadcast_tx, _) = broadcast::channel(4096);
         let datapath = Datapath::start(config.workers, events_tx)?;
         config.offload = fast_path.is_some();
         let table = Table::new(config, Instant::now());
         let out = broadcast_tx.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            // Each tick looks at tasks woken from other threads (rtpproxy front end) and at
+            // the core's own queue before the I/O driver again, so replies that are ready go
+            // out together.
+            .global_queue_interval(1)
+            .enable_all()
+            .build()?;
+        let runtime_handle = runtime.handle().clone();
         let thread = std::thread::Builder::new()
             .name("sluice-core".into())
             .spawn(move || {
-                CoreLoop {
+                let core = CoreLoop {
                     table,
                     datapath,
                     opener,
@@ -171,8 +186,10 @@ impl Core {
                     actions: Vec::new(),
                     fast_path,
                     next_poll: Instant::now() + XDP_POLL,
-                }
-                .run(requests_rx, events_rx)
+                };
+                // Tasks spawned onto this runtime (the gRPC server) stop with the core: the
+                // daemon drains them before it stops the core.
+                runtime.block_on(core.run(requests_rx, events_rx));
             })?;
         let handle = CoreHandle {
             requests: requests_tx.clone(),
@@ -182,9 +199,15 @@ impl Core {
             Core {
                 thread: Some(thread),
                 stop: Some(requests_tx),
+                runtime: runtime_handle,
             },
             handle,
         ))
+    }
+
+    /// The core's runtime: front ends spawned onto it reach the core without a thread hop.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// Stops the core (ending every session; sockets close as the datapath stops) and waits.
@@ -215,7 +238,15 @@ struct CoreLoop {
 }
 
 impl CoreLoop {
-    fn run(mut self, requests: Receiver<Request>, worker_events: Receiver<WorkerEvent>) {
+    async fn run(
+        mut self,
+        mut requests: UnboundedReceiver<Request>,
+        mut worker_events: UnboundedReceiver<WorkerEvent>,
+    ) {
+        // One timer, re-armed each round (no allocation per request).
+        let timer = tokio::time::sleep_until(Instant::now().into());
+        tokio::pin!(timer);
+        let mut workers_running = true;
         loop {
             let mut next = self.table.next_tick_at();
             if self.fast_path.is_some() {
@@ -224,20 +255,23 @@ impl CoreLoop {
             if let Some(wake) = self.datapath.wake_deadline() {
                 next = next.min(wake);
             }
-            let wait = next
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(1));
-            select! {
-                recv(requests) -> req => match req {
-                    Ok(Request::Shutdown) | Err(_) => break,
-                    Ok(req) => self.handle(req),
+            let next = next.max(Instant::now() + Duration::from_millis(1));
+            timer.as_mut().reset(next.into());
+            tokio::select! {
+                // Requests first: a reply waits on them, timers can be a moment late.
+                biased;
+                req = requests.recv() => match req {
+                    Some(Request::Shutdown) | None => break,
+                    Some(req) => self.handle(req),
                 },
-                recv(worker_events) -> ev => {
-                    if let Ok(WorkerEvent::Latched { stream, leg, rtcp, addr, .. }) = ev {
+                ev = worker_events.recv(), if workers_running => match ev {
+                    Some(WorkerEvent::Latched { stream, leg, rtcp, addr, .. }) => {
                         self.table.on_latched(stream, leg, rtcp, addr, &mut self.actions);
                     }
+                    // Workers only stop at shutdown; without this the branch would spin.
+                    None => workers_running = false,
                 },
-                default(wait) => {},
+                () = &mut timer => {},
             }
             let now = Instant::now();
             if now >= self.next_poll {

@@ -99,47 +99,32 @@ impl Security {
 
 /// Serves sluice.v1, health and reflection on `listener` until `shutdown` resolves.
 ///
-/// The server runs on its own thread (`sluice-grpc`) with a single-threaded tokio runtime,
-/// apart from the daemon's runtime (rtpproxy front end, metrics). On one thread the HTTP/2
-/// connection and the per-request tasks never cross threads (no work stealing, no wakeups of
-/// a second worker), and replies from the core are picked up before the connection task runs
-/// again (`global_queue_interval(1)`), so the replies that are ready go out in one `writev`
-/// instead of one each. Measured in BENCHMARKS.md ("gRPC control plane").
+/// The server runs on `runtime`, the session core's single-threaded runtime
+/// ([`crate::control::core::Core::runtime`]), apart from the daemon's runtime (rtpproxy front
+/// end, metrics). On one thread the HTTP/2 connection, the per-request tasks and the core never
+/// cross threads: a request is decoded, executed and answered without a wake-up of another
+/// thread, and the replies that are ready go out in one `writev` instead of one each. Measured
+/// in BENCHMARKS.md ("gRPC control plane").
 pub async fn serve(
+    runtime: &tokio::runtime::Handle,
     listener: TcpListener,
     service: RelayService,
     security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GrpcError> {
-    // Registered with the new runtime's reactor on its thread.
+    // Registered again with the core runtime's reactor, inside its task.
     let listener = listener.into_std().map_err(GrpcError::Runtime)?;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("sluice-grpc".into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                // Every tick looks at the tasks woken from other threads (core replies)
-                // first; see above.
-                .global_queue_interval(1)
-                .enable_all()
-                .build()
-                .map_err(GrpcError::Runtime)
-                .and_then(|runtime| {
-                    runtime.block_on(async move {
-                        let listener =
-                            TcpListener::from_std(listener).map_err(GrpcError::Runtime)?;
-                        serve_here(listener, service, security, shutdown).await
-                    })
-                });
-            // Nobody waits any more when the daemon dropped the serving future.
-            let _ = done_tx.send(result);
+    runtime
+        .spawn(async move {
+            let listener = TcpListener::from_std(listener).map_err(GrpcError::Runtime)?;
+            serve_here(listener, service, security, shutdown).await
         })
-        .map_err(GrpcError::Runtime)?;
-    done_rx.await.unwrap_or_else(|_| {
-        Err(GrpcError::Runtime(std::io::Error::other(
-            "the gRPC thread panicked",
-        )))
-    })
+        .await
+        .unwrap_or_else(|e| {
+            Err(GrpcError::Runtime(std::io::Error::other(format!(
+                "the gRPC server task ended abnormally: {e}"
+            ))))
+        })
 }
 
 async fn serve_here(

@@ -142,7 +142,10 @@ pub struct Datapath {
 
 impl Datapath {
     /// Starts `workers` threads (at least one). Latch events go to `events`.
-    pub fn start(workers: usize, events: Sender<WorkerEvent>) -> std::io::Result<Datapath> {
+    pub fn start(
+        workers: usize,
+        events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
+    ) -> std::io::Result<Datapath> {
         let mut handles = Vec::new();
         for index in 0..workers.max(1) {
             let poll = Poll::new()?;

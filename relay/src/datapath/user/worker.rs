@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use mio::{Events, Poll, Token, Waker};
 
 use super::batch::{BATCH, Batch};
@@ -61,7 +61,7 @@ pub(super) struct Worker {
     index: usize,
     poll: Poll,
     commands: Receiver<WorkerCmd>,
-    events: Sender<WorkerEvent>,
+    events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
     /// Indexed by the slot control assigned (`handover::SlotMap`).
     streams: Vec<Option<StreamSlot>>,
     batch: Box<Batch>,
@@ -81,7 +81,7 @@ impl Worker {
         index: usize,
         poll: Poll,
         commands: Receiver<WorkerCmd>,
-        events: Sender<WorkerEvent>,
+        events: tokio::sync::mpsc::UnboundedSender<WorkerEvent>,
         counters: Arc<WorkerCounters>,
     ) -> Worker {
         Worker {
