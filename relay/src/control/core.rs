@@ -257,19 +257,21 @@ impl CoreLoop {
             }
             let next = next.max(Instant::now() + Duration::from_millis(1));
             timer.as_mut().reset(next.into());
+            // Biased, in this order: latch events are few (a handful per call) and cannot
+            // starve requests, while a steady stream of requests polled first could starve
+            // them; the timer comes last and is served by the tick below on every round anyway.
             tokio::select! {
-                // Requests first: a reply waits on them, timers can be a moment late.
                 biased;
-                req = requests.recv() => match req {
-                    Some(Request::Shutdown) | None => break,
-                    Some(req) => self.handle(req),
-                },
                 ev = worker_events.recv(), if workers_running => match ev {
                     Some(WorkerEvent::Latched { stream, leg, rtcp, addr, .. }) => {
                         self.table.on_latched(stream, leg, rtcp, addr, &mut self.actions);
                     }
                     // Workers only stop at shutdown; without this the branch would spin.
                     None => workers_running = false,
+                },
+                req = requests.recv() => match req {
+                    Some(Request::Shutdown) | None => break,
+                    Some(req) => self.handle(req),
                 },
                 () = &mut timer => {},
             }
