@@ -119,6 +119,13 @@ fn mtls_and_token_reject_unauthenticated_clients() {
                 .unwrap(),
             env!("CARGO_PKG_VERSION")
         );
+        // TLS handshakes run on a thread of their own, not on the session core's runtime.
+        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|n| n.trim_end().to_owned())
+            .collect();
+        assert!(threads.iter().any(|n| n == "sluice-grpc"), "{threads:?}");
         // Certificate, wrong or no token: UNAUTHENTICATED.
         for token in [None, Some("wrong")] {
             let status = get_info(channel.clone(), token).await.unwrap_err();

@@ -99,12 +99,16 @@ impl Security {
 
 /// Serves sluice.v1, health and reflection on `listener` until `shutdown` resolves.
 ///
-/// The server runs on `runtime`, the session core's single-threaded runtime
-/// ([`crate::control::core::Core::runtime`]), apart from the daemon's runtime (rtpproxy front
-/// end, metrics). On one thread the HTTP/2 connection, the per-request tasks and the core never
-/// cross threads: a request is decoded, executed and answered without a wake-up of another
-/// thread, and the replies that are ready go out in one `writev` instead of one each. Measured
-/// in BENCHMARKS.md ("gRPC control plane").
+/// Plaintext (the default, loopback-only listener) runs on `runtime`, the session core's
+/// single-threaded runtime ([`crate::control::core::Core::runtime`]): the HTTP/2 connection,
+/// the per-request tasks and the core never cross threads, so a request is decoded, executed
+/// and answered without waking another thread, and the replies that are ready go out in one
+/// `writev` instead of one each. Measured in BENCHMARKS.md ("gRPC control plane").
+///
+/// With TLS the server gets a single-threaded runtime on a thread of its own (`sluice-grpc`)
+/// instead: a TLS handshake costs about a millisecond of CPU, and a client that keeps opening
+/// connections must not be able to stall the session core (timers, rtpproxy commands) with
+/// them. Requests then cross to the core and back, as over the rtpproxy protocol.
 pub async fn serve(
     runtime: &tokio::runtime::Handle,
     listener: TcpListener,
@@ -112,19 +116,41 @@ pub async fn serve(
     security: Security,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GrpcError> {
-    // Registered again with the core runtime's reactor, inside its task.
+    // Registered again with the serving runtime's reactor, on its thread.
     let listener = listener.into_std().map_err(GrpcError::Runtime)?;
-    runtime
-        .spawn(async move {
-            let listener = TcpListener::from_std(listener).map_err(GrpcError::Runtime)?;
-            serve_here(listener, service, security, shutdown).await
-        })
-        .await
-        .unwrap_or_else(|e| {
+    let tls = security.tls.is_some();
+    let serve = async move {
+        let listener = TcpListener::from_std(listener).map_err(GrpcError::Runtime)?;
+        serve_here(listener, service, security, shutdown).await
+    };
+    if !tls {
+        return runtime.spawn(serve).await.unwrap_or_else(|e| {
             Err(GrpcError::Runtime(std::io::Error::other(format!(
                 "the gRPC server task ended abnormally: {e}"
             ))))
+        });
+    }
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("sluice-grpc".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                // Every tick looks at the tasks woken from other threads (core replies) first,
+                // so the replies that are ready go out together.
+                .global_queue_interval(1)
+                .enable_all()
+                .build()
+                .map_err(GrpcError::Runtime)
+                .and_then(|runtime| runtime.block_on(serve));
+            // Nobody waits any more when the daemon dropped the serving future.
+            let _ = done_tx.send(result);
         })
+        .map_err(GrpcError::Runtime)?;
+    done_rx.await.unwrap_or_else(|_| {
+        Err(GrpcError::Runtime(std::io::Error::other(
+            "the gRPC thread panicked",
+        )))
+    })
 }
 
 async fn serve_here(
