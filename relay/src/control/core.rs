@@ -3,8 +3,9 @@
 //! cheap, cloneable [`CoreHandle`].
 //!
 //! The task runs on a single-threaded tokio runtime of its own thread (`sluice-core`), and the
-//! gRPC front end is served on that same runtime ([`Core::runtime`]): a gRPC request then goes
-//! from the connection to the core and back without waking another thread. With the core on a
+//! plaintext gRPC front end is served on that same runtime ([`Core::runtime`]; with TLS it keeps
+//! a thread of its own, see `grpc::serve`): a gRPC request then goes from the connection to the
+//! core and back without waking another thread. With the core on a
 //! thread of its own, each request crossed threads twice more (gRPC thread -> core -> gRPC
 //! thread), and on a small VM each such wake-up costs tens of microseconds.
 
