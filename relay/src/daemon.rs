@@ -128,15 +128,21 @@ impl Daemon {
             }
         };
         let mut tasks = JoinSet::new();
+        // The control front ends run on the session core's runtime: a command is parsed,
+        // executed and answered on one thread (see control::core).
+        let core_runtime = core.runtime().clone();
         for listener in rtpp_listeners {
             let spec = listener.local_description();
             let (handler, acl, stop) = (rtpp.clone(), acl.clone(), stop.subscribe());
-            tasks.spawn(async move {
-                listener
-                    .serve(handler, acl, stop)
-                    .await
-                    .map_err(|source| DaemonError::RtppServe { spec, source })
-            });
+            tasks.spawn_on(
+                async move {
+                    listener
+                        .serve(handler, acl, stop)
+                        .await
+                        .map_err(|source| DaemonError::RtppServe { spec, source })
+                },
+                &core_runtime,
+            );
         }
         if let Some(target) = notify_socket {
             let events = handle.subscribe();
@@ -160,7 +166,6 @@ impl Daemon {
                 .map_err(DaemonError::MetricsServe)
         });
         let grpc_stop = until_stopped();
-        let core_runtime = core.runtime().clone();
         tasks.spawn(async move {
             grpc::serve(
                 &core_runtime,

@@ -3,11 +3,11 @@
 //! cheap, cloneable [`CoreHandle`].
 //!
 //! The task runs on a single-threaded tokio runtime of its own thread (`sluice-core`), and the
-//! plaintext gRPC front end is served on that same runtime ([`Core::runtime`]; with TLS it keeps
-//! a thread of its own, see `grpc::serve`): a gRPC request then goes from the connection to the
-//! core and back without waking another thread. With the core on a
-//! thread of its own, each request crossed threads twice more (gRPC thread -> core -> gRPC
-//! thread), and on a small VM each such wake-up costs tens of microseconds.
+//! control front ends are served on that same runtime ([`Core::runtime`]): the rtpproxy
+//! listeners and plaintext gRPC (with TLS, gRPC keeps a thread of its own, see `grpc::serve`).
+//! A command then goes from its socket to the core and back without waking another thread.
+//! With the core on a thread of its own, each command crossed threads twice more (front end ->
+//! core -> front end), and on a small VM each such wake-up costs tens of microseconds.
 
 use std::time::{Duration, Instant};
 

@@ -60,6 +60,21 @@ impl Listener {
         }
     }
 
+    /// Moves the socket to the reactor of the runtime this runs on: bound on the daemon's
+    /// runtime (so a taken address fails startup), it is served on the session core's, where
+    /// readiness must be reported by that runtime's own driver, not by another thread's.
+    fn register_here(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Udp(s) => Listener::Udp(UdpSocket::from_std(s.into_std()?)?),
+            Listener::Unix(l, path) => Listener::Unix(UnixListener::from_std(l.into_std()?)?, path),
+            Listener::UnixDgram(s, path) => {
+                Listener::UnixDgram(UnixDatagram::from_std(s.into_std()?)?, path)
+            }
+        })
+    }
+
+    /// Serves until `stop` turns true, on the runtime it is spawned on (the daemon spawns it on
+    /// the session core's, so a command reaches the core and returns without a thread hop).
     pub async fn serve(
         self,
         handler: Arc<Handler>,
@@ -69,7 +84,7 @@ impl Listener {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        match self {
+        match self.register_here()? {
             Listener::Udp(socket) => {
                 serve_datagrams(DatagramSocket::Udp(socket), handler, Some(acl), stopped).await
             }
