@@ -169,9 +169,9 @@ impl Core {
         let table = Table::new(config, Instant::now());
         let out = broadcast_tx.clone();
         let runtime = tokio::runtime::Builder::new_current_thread()
-            // Each tick looks at tasks woken from other threads (rtpproxy front end) and at
-            // the core's own queue before the I/O driver again, so replies that are ready go
-            // out together.
+            // Each tick also looks at the tasks woken from other threads (requests from the
+            // metrics endpoint, or from the gRPC thread when TLS is on) before polling the I/O
+            // driver again, so replies that are ready go out together.
             .global_queue_interval(1)
             .enable_all()
             .build()?;
@@ -188,8 +188,8 @@ impl Core {
                     fast_path,
                     next_poll: Instant::now() + XDP_POLL,
                 };
-                // Tasks spawned onto this runtime (the gRPC server) stop with the core: the
-                // daemon drains them before it stops the core.
+                // Tasks spawned onto this runtime (the control front ends) stop with the core:
+                // the daemon drains them before it stops the core.
                 runtime.block_on(core.run(requests_rx, events_rx));
             })?;
         let handle = CoreHandle {
