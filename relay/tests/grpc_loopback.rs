@@ -198,15 +198,6 @@ fn answer(call: &str, from: &str, to: &str, addr: SocketAddr) -> pb::AnswerReque
     }
 }
 
-/// This process's thread names (the daemons under test run in it).
-fn thread_names() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim_end().to_owned())
-        .collect()
-}
-
 fn lo(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -254,9 +245,9 @@ fn offer_answer_media_both_ways_get_session_and_delete() {
     // Plaintext gRPC is served on the core's own runtime: no thread of its own (the TLS
     // listener gets one; grpc_security checks that side).
     assert!(
-        !thread_names().iter().any(|n| n == "sluice-grpc"),
+        !common::thread_names().iter().any(|n| n == "sluice-grpc"),
         "{:?}",
-        thread_names()
+        common::thread_names()
     );
     assert_eq!(
         relay.session("c1@h").unwrap().state(),

@@ -1,6 +1,8 @@
 //! gRPC control-plane protection on loopback: TLS with client certificates (mTLS), the bearer
 //! token, the per-client rate limit, and health staying reachable for probes.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -120,11 +122,7 @@ fn mtls_and_token_reject_unauthenticated_clients() {
             env!("CARGO_PKG_VERSION")
         );
         // TLS handshakes run on a thread of their own, not on the session core's runtime.
-        let threads: Vec<String> = std::fs::read_dir("/proc/self/task")
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-            .map(|n| n.trim_end().to_owned())
-            .collect();
+        let threads = common::thread_names();
         assert!(threads.iter().any(|n| n == "sluice-grpc"), "{threads:?}");
         // Certificate, wrong or no token: UNAUTHENTICATED.
         for token in [None, Some("wrong")] {

@@ -105,3 +105,12 @@ pub fn fold(mut s: u64) -> u16 {
     }
     s as u16
 }
+
+/// This process's thread names (the daemons under test run in it).
+pub fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim_end().to_owned())
+        .collect()
+}
