@@ -87,8 +87,13 @@ static SLUICE_DEVMAP: DevMapHash = DevMapHash::with_max_entries(MAX_DEVICES, 0);
 #[map(name = "SLUICE_VLANS")]
 static SLUICE_VLANS: HashMap<u32, VlanDev> = HashMap::with_max_entries(MAX_DEVICES, 0);
 
+mod fast;
+
 #[xdp]
 pub fn sluice_xdp(ctx: XdpContext) -> u32 {
+    if let Some(verdict) = fast::forward(&ctx) {
+        return verdict;
+    }
     let len = (ctx.data_end() - ctx.data()) as u64;
     // Every frame lands in exactly one counter; userspace sums them for `Stat::Received`.
     let (stat, verdict) = process(&ctx);
@@ -152,8 +157,24 @@ trait Family {
     fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat>;
     /// Whether the address at packet offset `at` is `addr` (IPv4: its first four bytes).
     fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool;
+    /// [`Family::is`] on an address the caller has bounds-checked.
+    ///
+    /// # Safety
+    /// `at` points at the address inside the frame.
+    unsafe fn is_at(at: usize, addr: &[u8; 16]) -> bool;
+    /// Whether the header at `h` (bounds-checked by the caller, `HLEN` bytes) is the plain
+    /// case the fast path handles: UDP, no options or extension headers, not a fragment.
+    ///
+    /// # Safety
+    /// `h` points at `HLEN` bytes inside the frame.
+    unsafe fn plain_udp(h: usize) -> bool;
     /// Writes the rewritten header: DSCP (keeping ECN), TTL, addresses, checksum.
     fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat>;
+    /// [`Family::rewrite`] of a header the caller has bounds-checked.
+    ///
+    /// # Safety
+    /// `h` points at `HLEN` bytes inside the frame, which the program owns.
+    unsafe fn rewrite_at(h: usize, flow: &FlowAction);
     /// Fills the family's part of the route lookup.
     fn fib(fib: &mut FibParams, flow: &FlowAction, ip_len: u16);
 }
@@ -194,10 +215,37 @@ impl Family for V4 {
     }
 
     #[inline(always)]
+    unsafe fn is_at(at: usize, addr: &[u8; 16]) -> bool {
+        // SAFETY: the caller's bounds check; any alignment (see the crate docs).
+        unsafe { (at as *const u32).read_unaligned() == word(addr, 0) }
+    }
+
+    #[inline(always)]
+    unsafe fn plain_udp(h: usize) -> bool {
+        // SAFETY: the caller's bounds check covers the 20-byte header.
+        let w = unsafe { (h as *const [u32; 3]).read_unaligned() };
+        let [vihl, ..] = w[0].to_ne_bytes();
+        let [_, _, frag_hi, frag_lo] = w[1].to_ne_bytes();
+        let [_, proto, ..] = w[2].to_ne_bytes();
+        // Version 4 with a five-word header: no options.
+        vihl == 0x45
+            && proto == IPPROTO_UDP
+            && u16::from_be_bytes([frag_hi, frag_lo]) & IPV4_FRAGMENT_MASK == 0
+    }
+
+    #[inline(always)]
     fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
         let h = ptr_at::<[u32; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-        // SAFETY: bounds checked by ptr_at; XDP owns the frame; unaligned accesses are allowed
-        // (see the crate docs), and `read_unaligned`/`write_unaligned` say so to the compiler.
+        // SAFETY: bounds checked by ptr_at; XDP owns the frame.
+        unsafe { Self::rewrite_at(h as usize, flow) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn rewrite_at(h: usize, flow: &FlowAction) {
+        let h = h as *mut [u32; 5];
+        // SAFETY: the caller's bounds check; unaligned accesses are allowed (see the crate
+        // docs), and `read_unaligned`/`write_unaligned` say so to the compiler.
         unsafe {
             let mut w = h.read_unaligned();
             let mut b0 = w[0].to_ne_bytes();
@@ -224,7 +272,6 @@ impl Family for V4 {
             w[2] = u32::from_ne_bytes(b2);
             h.write_unaligned(w);
         }
-        Ok(())
     }
 
     #[inline(always)]
@@ -260,8 +307,29 @@ impl Family for V6 {
     }
 
     #[inline(always)]
+    unsafe fn is_at(at: usize, addr: &[u8; 16]) -> bool {
+        // SAFETY: the caller's bounds check; any alignment.
+        let a = unsafe { (at as *const [u64; 2]).read_unaligned() };
+        a[0] == dword(addr, 0) && a[1] == dword(addr, 1)
+    }
+
+    #[inline(always)]
+    unsafe fn plain_udp(h: usize) -> bool {
+        // SAFETY: the caller's bounds check covers the 40-byte header; next header is byte 6.
+        unsafe { ((h + 6) as *const u8).read() == IPPROTO_UDP }
+    }
+
+    #[inline(always)]
     fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
         let h = ptr_at::<[u64; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
+        // SAFETY: bounds checked by ptr_at; XDP owns the frame.
+        unsafe { Self::rewrite_at(h as usize, flow) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    unsafe fn rewrite_at(h: usize, flow: &FlowAction) {
+        let h = h as *mut [u64; 5];
         // SAFETY: as for IPv4.
         unsafe {
             let mut w = h.read_unaligned();
@@ -279,7 +347,6 @@ impl Family for V6 {
             w[4] = dword(&flow.new_dst, 1);
             h.write_unaligned(w);
         }
-        Ok(())
     }
 
     #[inline(always)]
@@ -314,7 +381,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     if usize::from(udp_len) < UDP_HLEN || !in_bounds(ctx, l4, usize::from(udp_len)) {
         return Err(Stat::PassTruncated);
     }
-    let flow = find::<F>(ctx, l3, udp[1])?;
+    let (slot, flow) = find::<F>(ctx, l3, udp[1])?;
     if !F::is(ctx, l3 + F::SRC, &flow.src) || udp[0] != u16::from_ne_bytes(flow.src_port) {
         return Err(Stat::PassSourceMismatch);
     }
@@ -325,7 +392,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
         .ok_or(Stat::PassNoFlow)?;
     // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
     let stats = unsafe { &mut *stats };
-    let (egress, smac, dmac) = route::<F>(ctx, flow, vlan, ip_len, &mut stats.route)?;
+    let (egress, macs) = route::<F>(ctx, slot, flow, vlan, ip_len, &mut stats.route)?;
     let new_ports = [
         u16::from_ne_bytes(flow.new_src_port),
         u16::from_ne_bytes(flow.new_dst_port),
@@ -335,7 +402,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     // Everything that can fail has been decided: from here on the frame is rewritten.
     let eth = ptr_at::<[[u8; 6]; 2]>(ctx, 0).ok_or(Stat::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-    unsafe { eth.write_unaligned([dmac, smac]) };
+    unsafe { eth.write_unaligned(macs) };
     if let Egress::Tx { tci: Some(tci) } = egress {
         let tag = ptr_at::<u16>(ctx, ETH_HLEN).ok_or(Stat::PassTruncated)?;
         // SAFETY: bounds checked by ptr_at (the tag was parsed from these bytes).
@@ -345,7 +412,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     let udp_out = ptr_at::<[u16; 4]>(ctx, l4).ok_or(Stat::PassTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { udp_out.write_unaligned([new_ports[0], new_ports[1], udp[2], check.to_be()]) };
-    account(ctx, l4, udp_len, flow, stats);
+    account(udp_len, read(ctx, l4 + UDP_HLEN), flow, stats);
     Ok(match egress {
         Egress::Tx { .. } => (Stat::Tx, xdp_action::XDP_TX),
         Egress::Redirect(ifindex) => match SLUICE_DEVMAP.redirect(ifindex, 0) {
@@ -356,16 +423,20 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     })
 }
 
-/// The flow for the packet's destination (`port` in network order): the port's entry, unless
-/// another local address owns the port, then the hash.
+/// The flow for the packet's destination (`port` in network order) and its action slot: the
+/// port's entry, unless another local address owns the port, then the hash.
 #[inline(always)]
-fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static FlowAction, Stat> {
-    let slot = *SLUICE_PORTS
+fn find<F: Family>(
+    ctx: &XdpContext,
+    l3: usize,
+    port: u16,
+) -> Result<(u32, &'static FlowAction), Stat> {
+    let entry = *SLUICE_PORTS
         .get(u32::from(u16::from_be(port)))
         .ok_or(Stat::PassNoFlow)?;
-    let flow = action(slot)?;
+    let (slot, flow) = action(entry)?;
     if is_for::<F>(ctx, l3, port, flow) {
-        return Ok(flow);
+        return Ok((slot, flow));
     }
     // The key built as words in an 8-aligned buffer: byte arrays on the stack would be
     // accessed misaligned (see the crate docs) and padding filled by a memset call.
@@ -382,10 +453,10 @@ fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static Fl
     // SAFETY: [u64; 3] has FlowKey's size and alignment and every byte initialised.
     let key = unsafe { &*key.as_ptr().cast::<FlowKey>() };
     // SAFETY: the value is a plain u32, read once.
-    let slot = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
-    action(*slot).and_then(|flow| {
+    let entry = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
+    action(*entry).and_then(|(slot, flow)| {
         if is_for::<F>(ctx, l3, port, flow) {
-            Ok(flow)
+            Ok((slot, flow))
         } else {
             Err(Stat::PassNoFlow)
         }
@@ -400,13 +471,12 @@ fn is_for<F: Family>(ctx: &XdpContext, l3: usize, port: u16, flow: &FlowAction) 
         && F::is(ctx, l3 + F::DST, &flow.local)
 }
 
-/// The action in `1 + slot` (0: none).
+/// The slot and action a lookup entry (`1 + slot`, 0: none) points at.
 #[inline(always)]
-fn action(slot: u32) -> Result<&'static FlowAction, Stat> {
-    if slot == 0 {
-        return Err(Stat::PassNoFlow);
-    }
-    SLUICE_ACTIONS.get(slot - 1).ok_or(Stat::PassNoFlow)
+fn action(entry: u32) -> Result<(u32, &'static FlowAction), Stat> {
+    let slot = entry.checked_sub(1).ok_or(Stat::PassNoFlow)?;
+    let flow = SLUICE_ACTIONS.get(slot).ok_or(Stat::PassNoFlow)?;
+    Ok((slot, flow))
 }
 
 /// Next hop and egress device of the rewritten packet, and its MACs: from this CPU's cache
@@ -415,18 +485,19 @@ fn action(slot: u32) -> Result<&'static FlowAction, Stat> {
 #[inline(always)]
 fn route<F: Family>(
     ctx: &XdpContext,
+    slot: u32,
     flow: &FlowAction,
     vlan: Option<u16>,
     ip_len: u16,
     cache: &mut RouteCache,
-) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
+) -> Result<(Egress, [[u8; 6]; 2]), Stat> {
     let ingress = ctx.ingress_ifindex() as u32;
-    let epoch = SLUICE_EPOCH.get(0).copied().unwrap_or(0);
+    let epoch = route_epoch();
     if cache.kind != ROUTE_NONE
         && cache.epoch == epoch
+        && cache.slot == slot
         && cache.ingress == ingress
         && (cache.tagged != 0) == vlan.is_some()
-        && cache.dst == flow.new_dst
     {
         let egress = match (cache.kind, vlan) {
             (ROUTE_TX, None) => Some(Egress::Tx { tci: None }),
@@ -438,7 +509,7 @@ fn route<F: Family>(
             _ => None,
         };
         if let Some(egress) = egress {
-            return Ok((egress, cache.smac, cache.dmac));
+            return Ok((egress, cache.macs));
         }
     }
     let decided = lookup::<F>(ctx, flow, vlan, ip_len, ingress)?;
@@ -449,16 +520,21 @@ fn route<F: Family>(
     };
     *cache = RouteCache {
         epoch,
-        dst: flow.new_dst,
+        slot,
         ingress,
         ifindex,
-        smac: decided.1,
-        dmac: decided.2,
+        macs: decided.1,
         vid,
         kind,
         tagged: u8::from(vlan.is_some()),
     };
     Ok(decided)
+}
+
+/// The current route epoch, as [`RouteCache::epoch`] keeps it.
+#[inline(always)]
+fn route_epoch() -> u32 {
+    SLUICE_EPOCH.get(0).map_or(0, |&e| e as u32)
 }
 
 /// The route lookup's parameter block, 8-aligned on the stack (see the crate docs).
@@ -473,7 +549,7 @@ fn lookup<F: Family>(
     vlan: Option<u16>,
     ip_len: u16,
     ingress: u32,
-) -> Result<(Egress, [u8; 6], [u8; 6]), Stat> {
+) -> Result<(Egress, [[u8; 6]; 2]), Stat> {
     // SAFETY: all-zero is a valid bpf_fib_lookup (plain integers and unions of them).
     let mut fib = Fib(unsafe { core::mem::zeroed() });
     fib.0.l4_protocol = IPPROTO_UDP;
@@ -520,7 +596,7 @@ fn lookup<F: Family>(
     } else {
         return Err(Stat::PassNoEgress);
     };
-    Ok((egress, fib.smac, fib.dmac))
+    Ok((egress, [fib.dmac, fib.smac]))
 }
 
 /// The new UDP checksum (host order; `udp` is the header as read). IPv4 zero stays zero (no
@@ -534,38 +610,48 @@ fn udp_checksum<F: Family>(
     udp: [u16; 4],
     flow: &FlowAction,
 ) -> Result<u16, Stat> {
+    if let Some(check) = complete_checksum::<F>(udp, flow) {
+        return Ok(check);
+    }
     let check = u16::from_be(udp[3]);
     let udp_len = u16::from_be(udp[2]);
-    if check == 0 && F::FAMILY == FAMILY_V4 {
-        return Ok(0);
+    if usize::from(udp_len) > MAX_SUMMED {
+        return Err(Stat::PassChecksum);
     }
-    let old_pseudo = u64::from(flow.old_pseudo) + u64::from(udp_len);
-    if check == 0 || csum::looks_partial(check, old_pseudo) {
-        if usize::from(udp_len) > MAX_SUMMED {
-            return Err(Stat::PassChecksum);
-        }
-        let segment = sum_segment(ctx, l4, usize::from(udp_len)).ok_or(Stat::PassChecksum)?;
-        // The segment as it is: old ports, and the old check field, which the sum must not
-        // include.
-        let old_ports = [u16::from_be(udp[0]), u16::from_be(udp[1])];
-        let new_ports = [
-            u16::from_be_bytes(flow.new_src_port),
-            u16::from_be_bytes(flow.new_dst_port),
-        ];
-        let sum = segment
-            + u64::from(!check)
-            + u64::from(!old_ports[0])
-            + u64::from(!old_ports[1])
-            + u64::from(new_ports[0])
-            + u64::from(new_ports[1])
-            + u64::from(flow.new_pseudo)
-            + u64::from(udp_len);
-        return Ok(csum::udp_wire(csum::finish(sum)));
+    let segment = sum_segment(ctx, l4, usize::from(udp_len)).ok_or(Stat::PassChecksum)?;
+    // The segment as it is: old ports, and the old check field, which the sum must not
+    // include.
+    let old_ports = [u16::from_be(udp[0]), u16::from_be(udp[1])];
+    let new_ports = [
+        u16::from_be_bytes(flow.new_src_port),
+        u16::from_be_bytes(flow.new_dst_port),
+    ];
+    let sum = segment
+        + u64::from(!check)
+        + u64::from(!old_ports[0])
+        + u64::from(!old_ports[1])
+        + u64::from(new_ports[0])
+        + u64::from(new_ports[1])
+        + u64::from(flow.new_pseudo)
+        + u64::from(udp_len);
+    Ok(csum::udp_wire(csum::finish(sum)))
+}
+
+/// The new UDP checksum when no payload needs summing: IPv4 zero stays zero, a complete
+/// checksum is updated incrementally. `None` for a partial checksum or an IPv6 zero.
+#[inline(always)]
+fn complete_checksum<F: Family>(udp: [u16; 4], flow: &FlowAction) -> Option<u16> {
+    let check = u16::from_be(udp[3]);
+    let udp_len = u16::from_be(udp[2]);
+    if check == 0 {
+        return (F::FAMILY == FAMILY_V4).then_some(0);
+    }
+    if csum::looks_partial(check, flow.old_pseudo, udp_len) {
+        return None;
     }
     // The old addresses and ports are the flow's key and latched source (just matched), so the
-    // daemon summed their change once per flow.
-    let sum = csum::reopen(check) + u64::from(flow.csum_delta);
-    Ok(csum::udp_wire(csum::finish(sum)))
+    // daemon summed their change once per flow (RFC 1624 eqn. 3: ~(~HC + delta)).
+    Some(csum::udp_wire(!csum::add16(!check, flow.csum_delta)))
 }
 
 /// RFC 1071 sum of `len` bytes of the frame from `start`, as big-endian words.
@@ -604,14 +690,14 @@ fn sum_segment(ctx: &XdpContext, start: usize, len: usize) -> Option<u64> {
 }
 
 /// Per-flow, per-CPU counters for statistics and the daemon's media timeout (which watches
-/// the packet count move).
+/// the packet count move). `rtp`: the payload's first four bytes, if it has them.
 #[inline(always)]
-fn account(ctx: &XdpContext, l4: usize, udp_len: u16, flow: &FlowAction, stats: &mut FlowStats) {
+fn account(udp_len: u16, rtp: Option<[u16; 2]>, flow: &FlowAction, stats: &mut FlowStats) {
     stats.packets += 1;
     stats.bytes += u64::from(udp_len) - UDP_HLEN as u64;
     if flow.flags & FLOW_RTP != 0
         && usize::from(udp_len) >= UDP_HLEN + RTP_HLEN
-        && let Some(rtp) = read::<[u16; 2]>(ctx, l4 + UDP_HLEN)
+        && let Some(rtp) = rtp
         && rtp[0].to_ne_bytes()[0] >> 6 == 2
     {
         track_seq(stats, u16::from_be(rtp[1]));

@@ -15,6 +15,14 @@ pub const fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
+/// One's-complement sum of two 16-bit values. One carry round is enough: the sum of two
+/// 16-bit values is at most 0x1fffe, which folds to at most 0xffff.
+#[inline(always)]
+pub const fn add16(a: u16, b: u16) -> u16 {
+    let sum = a as u32 + b as u32;
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
 /// Adds the big-endian words of a 4-byte value (an IPv4 address, two ports).
 #[inline(always)]
 pub const fn add32(sum: u64, bytes: [u8; 4]) -> u64 {
@@ -109,9 +117,11 @@ pub fn pseudo_v6(src: &[u8; 16], dst: &[u8; 16], proto: u8, len: u16) -> u64 {
 /// finish. XDP sees such packets before anyone finishes them. A complete checksum equals this
 /// value by chance about once in 65,536 packets; treating that packet as partial costs a full
 /// recomputation, never a wrong checksum.
+///
+/// `pseudo` is the folded pseudo-header sum without the length, `len` the UDP length.
 #[inline(always)]
-pub const fn looks_partial(check: u16, pseudo_sum: u64) -> bool {
-    check == fold(pseudo_sum)
+pub const fn looks_partial(check: u16, pseudo: u16, len: u16) -> bool {
+    check == add16(pseudo, len)
 }
 
 #[cfg(test)]
@@ -143,6 +153,13 @@ mod tests {
 
     fn verifies4(src: [u8; 4], dst: [u8; 4], seg: &[u8]) -> bool {
         fold(pseudo_v4(src, dst, 17, seg.len() as u16) + sum_bytes(seg)) == 0xffff
+    }
+
+    #[test]
+    fn add16_is_the_folded_sum() {
+        for (a, b) in [(0, 0), (0xffff, 0xffff), (0xffff, 1), (0x8000, 0x8000), (0x1234, 0xfedc)] {
+            assert_eq!(add16(a, b), fold(a as u64 + b as u64), "{a:#x} + {b:#x}");
+        }
     }
 
     #[test]

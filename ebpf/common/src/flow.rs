@@ -140,7 +140,8 @@ pub struct FlowStats {
     /// This CPU's routing decision for the flow, reused during one route epoch (see
     /// [`EPOCH_MAP`]) instead of a `bpf_fib_lookup` per packet. Valid while `kind !=
     /// ROUTE_NONE`, the epoch is current, the packet arrived on `ingress` with the same tagging,
-    /// and the flow still sends to `dst` (a relatch changes it).
+    /// and the flow still uses the action in `slot`: any change of a flow (a relatch moves its
+    /// destination) gets a fresh action slot, so the slot stands for the destination.
     pub route: RouteCache,
 }
 
@@ -153,16 +154,19 @@ pub const ROUTE_TX_VLAN: u8 = 2;
 /// Redirect to `ifindex` through the device map.
 pub const ROUTE_REDIRECT: u8 = 3;
 
+/// 32 bytes, so [`FlowStats`] (the counters and this) is one 64-byte line's worth: the program
+/// touches all of it for every packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteCache {
-    /// The route epoch it was decided in.
-    pub epoch: u64,
-    pub dst: [u8; 16],
+    /// The route epoch it was decided in (its low 32 bits: only equality matters).
+    pub epoch: u32,
+    /// The [`ACTIONS_MAP`] slot of the flow's action it was decided for.
+    pub slot: u32,
     pub ingress: u32,
     pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    /// The frame's new Ethernet addresses as they go into it: destination, then source.
+    pub macs: [[u8; 6]; 2],
     pub vid: u16,
     pub kind: u8,
     /// 1 when the ingress frame carried an 802.1Q tag.
@@ -218,8 +222,8 @@ mod tests {
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 24);
         assert_eq!(core::mem::size_of::<FlowAction>(), 88);
-        assert_eq!(core::mem::size_of::<RouteCache>(), 48);
-        assert_eq!(core::mem::size_of::<FlowStats>(), 80);
+        assert_eq!(core::mem::size_of::<RouteCache>(), 32);
+        assert_eq!(core::mem::size_of::<FlowStats>(), 64);
         assert_eq!(core::mem::size_of::<VlanDev>(), 8);
     }
 
