@@ -85,7 +85,12 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     let egress = route.ifindex;
     // Two loads and two stores rather than twelve of each (or a call to memcpy).
     let macs = (&raw const route.macs).cast::<u64>();
-    let macs = unsafe { (macs.read_unaligned(), macs.add(1).cast::<u32>().read_unaligned()) };
+    let macs = unsafe {
+        (
+            macs.read_unaligned(),
+            macs.add(1).cast::<u32>().read_unaligned(),
+        )
+    };
 
     // Decided: rewrite and send.
     unsafe {
