@@ -7,6 +7,9 @@
 //! Anything it cannot handle goes to the stack (XDP_PASS) untouched, where the userspace path
 //! handles it, and is counted by reason in `SLUICE_STATS`.
 //!
+//! Plain packets of flows whose route this CPU has cached take the fast path (`fast.rs`); this
+//! file is the general path, which handles everything else and refreshes the route cache.
+//!
 //! Every packet costs: two inlined array lookups for the flow (a hash lookup only when two
 //! local addresses share the port), one per-CPU slot for the flow's counters and route, one
 //! for the verdict counter, and no helper call except the redirect. The object is built with
