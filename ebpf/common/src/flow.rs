@@ -161,7 +161,9 @@ pub const ROUTE_REDIRECT: u8 = 3;
 pub struct RouteCache {
     /// The route epoch it was decided in (its low 32 bits: only equality matters).
     pub epoch: u32,
-    /// The [`ACTIONS_MAP`] slot of the flow's action it was decided for.
+    /// The [`ACTIONS_MAP`] slot of the flow's action it was decided for. A slot returns to a
+    /// flow only after every other free slot has been used (oldest free first, twice the flow
+    /// capacity), far longer than the route epoch lives.
     pub slot: u32,
     pub ingress: u32,
     pub ifindex: u32,
