@@ -158,8 +158,14 @@ trait Family {
     /// Checks the header at `l3` (the caller made sure `HLEN` bytes are there) and returns the
     /// IPv4 total length / IPv6 payload length.
     fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat>;
+    /// Bytes of an address.
+    const ALEN: usize;
     /// Whether the address at packet offset `at` is `addr` (IPv4: its first four bytes).
-    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool;
+    #[inline(always)]
+    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool {
+        // SAFETY: bounds checked just before.
+        in_bounds(ctx, at, Self::ALEN) && unsafe { Self::is_at(ctx.data() + at, addr) }
+    }
     /// [`Family::is`] on an address the caller has bounds-checked.
     ///
     /// # Safety
@@ -190,6 +196,7 @@ impl Family for V4 {
     const HLEN: usize = IPV4_HLEN;
     const SRC: usize = 12;
     const DST: usize = 16;
+    const ALEN: usize = 4;
 
     #[inline(always)]
     fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat> {
@@ -210,11 +217,6 @@ impl Family for V4 {
             return Err(Stat::PassFragment);
         }
         Ok(u16::from_be(h[1]))
-    }
-
-    #[inline(always)]
-    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool {
-        read::<[u8; 4]>(ctx, at).is_some_and(|a| u32::from_ne_bytes(a) == word(addr, 0))
     }
 
     #[inline(always)]
@@ -292,6 +294,7 @@ impl Family for V6 {
     const HLEN: usize = IPV6_HLEN;
     const SRC: usize = 8;
     const DST: usize = 24;
+    const ALEN: usize = 16;
 
     #[inline(always)]
     fn check(ctx: &XdpContext, l3: usize) -> Result<u16, Stat> {
@@ -302,11 +305,6 @@ impl Family for V6 {
             // Extension headers (hop-by-hop, routing, ...) or another protocol: the stack's job.
             _ => Err(Stat::PassNotUdp),
         }
-    }
-
-    #[inline(always)]
-    fn is(ctx: &XdpContext, at: usize, addr: &[u8; 16]) -> bool {
-        read::<[u64; 2]>(ctx, at).is_some_and(|a| a[0] == dword(addr, 0) && a[1] == dword(addr, 1))
     }
 
     #[inline(always)]
