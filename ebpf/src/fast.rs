@@ -51,10 +51,7 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     if usize::from(udp_len) < UDP_HLEN || l4 + usize::from(udp_len) > end {
         return None;
     }
-    let slot = SLUICE_PORTS
-        .get(u32::from(u16::from_be(udp[1])))?
-        .checked_sub(1)?;
-    let flow = SLUICE_ACTIONS.get(slot)?;
+    let (slot, flow) = action(*SLUICE_PORTS.get(u32::from(u16::from_be(udp[1])))?).ok()?;
     // The flow of this address and port (else it is in the hash), from its latched source
     // (else the general path counts the mismatch).
     if flow.family != F::FAMILY
