@@ -178,7 +178,15 @@ trait Family {
     /// `h` points at `HLEN` bytes inside the frame.
     unsafe fn plain_udp(h: usize) -> bool;
     /// Writes the rewritten header: DSCP (keeping ECN), TTL, addresses, checksum.
-    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat>;
+    #[inline(always)]
+    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
+        if !in_bounds(ctx, l3, Self::HLEN) {
+            return Err(Stat::PassTruncated);
+        }
+        // SAFETY: bounds checked just before; XDP owns the frame.
+        unsafe { Self::rewrite_at(ctx.data() + l3, flow) };
+        Ok(())
+    }
     /// [`Family::rewrite`] of a header the caller has bounds-checked.
     ///
     /// # Safety
@@ -236,14 +244,6 @@ impl Family for V4 {
         vihl == 0x45
             && proto == IPPROTO_UDP
             && u16::from_be_bytes([frag_hi, frag_lo]) & IPV4_FRAGMENT_MASK == 0
-    }
-
-    #[inline(always)]
-    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
-        let h = ptr_at::<[u32; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-        // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-        unsafe { Self::rewrite_at(h as usize, flow) };
-        Ok(())
     }
 
     #[inline(always)]
@@ -318,14 +318,6 @@ impl Family for V6 {
     unsafe fn plain_udp(h: usize) -> bool {
         // SAFETY: the caller's bounds check covers the 40-byte header; next header is byte 6.
         unsafe { ((h + 6) as *const u8).read() == IPPROTO_UDP }
-    }
-
-    #[inline(always)]
-    fn rewrite(ctx: &XdpContext, l3: usize, flow: &FlowAction) -> Result<(), Stat> {
-        let h = ptr_at::<[u64; 5]>(ctx, l3).ok_or(Stat::PassTruncated)?;
-        // SAFETY: bounds checked by ptr_at; XDP owns the frame.
-        unsafe { Self::rewrite_at(h as usize, flow) };
-        Ok(())
     }
 
     #[inline(always)]
