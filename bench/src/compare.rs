@@ -7,6 +7,10 @@
 //!
 //! - `flood-rate`: a fixed offered load on the namespace topology: machine CPU per forwarded
 //!   packet, minus the reflector's (the forwarder's share), XDP program cost, latency.
+//! - `flood-one-arm`: the same load through a one-armed relay (one device on a bridged segment),
+//!   reflector and Sluice XDP only: both programs answer with XDP_TX on the same veth, the
+//!   program-cost comparison the fast path is held to without the redirect it needs on the
+//!   routed topology.
 //! - `flood-max`: the same unpaced: what each forwarder delivers when the generator pushes as
 //!   hard as it can, and the loss.
 //! - `control`: offer + answer + delete cycles per second at concurrency 16 (loopback).
@@ -23,6 +27,7 @@ use serde::Serialize;
 
 use crate::charts;
 use crate::report::{Machine, Report};
+use crate::scenario::flood::FloodResult;
 use crate::run::{RunArgs, execute};
 
 #[derive(Debug, Clone, Args)]
@@ -45,11 +50,11 @@ pub struct CompareArgs {
 /// One run of the matrix.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
-    /// flood-rate, flood-max, control, steady.
+    /// flood-rate, flood-one-arm, flood-max, control, steady.
     pub scenario: &'static str,
     /// reflector, sluice-xdp, sluice-user, sluice-grpc, rtpengine.
     pub forwarder: &'static str,
-    /// flood-rate runs are repeated, alternating forwarders; 0 for the rest.
+    /// flood-rate and flood-one-arm runs are repeated, alternating forwarders; 0 for the rest.
     pub round: u32,
     /// The equivalent `sluice-bench run` command line.
     pub command: String,
@@ -111,6 +116,18 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
                 args.extend(["--rate".to_string(), r.to_string()]);
             }
             cases.push((scenario, *name, round, args));
+        }
+    }
+    let one_arm = ["--scenario", "flood", "--net", "one-arm", "--warmup", warmup];
+    for round in 1..=rounds {
+        for (name, target) in &forwarders[..2] {
+            let args = one_arm
+                .iter()
+                .chain(target)
+                .chain(&["--duration", window, "--rate", rate])
+                .map(|s| s.to_string())
+                .collect();
+            cases.push(("flood-one-arm", *name, round, args));
         }
     }
     let mut control: Vec<(&str, &str)> = vec![
@@ -266,6 +283,18 @@ fn find_round<'a>(c: &'a Comparison, forwarder: &str, round: u32) -> Option<&'a 
         .and_then(|k| k.report.as_ref())
 }
 
+fn loss_percent(f: &FloodResult) -> f64 {
+    let (sent, lost) = f
+        .directions
+        .iter()
+        .fold((0, 0), |(s, l), d| (s + d.totals.sent, l + d.totals.lost));
+    if sent > 0 {
+        100.0 * lost as f64 / sent as f64
+    } else {
+        0.0
+    }
+}
+
 /// The forwarder's share in one round: its machine CPU per packet minus the reflector's.
 fn share_in(c: &Comparison, forwarder: &str, round: u32) -> Option<f64> {
     let floor = cpu_per_packet(find_round(c, "reflector", round)?)?;
@@ -292,12 +321,12 @@ fn share(c: &Comparison, forwarder: &str) -> Option<f64> {
     shares(c, forwarder).map(|(median, _, _)| median)
 }
 
-/// Median over the rounds of the XDP program cost of `forwarder`'s flood-rate runs.
-fn median_program_ns(c: &Comparison, forwarder: &str) -> Option<f64> {
+/// Median over the rounds of the XDP program cost of `forwarder`'s runs of `scenario`.
+fn median_program_ns(c: &Comparison, scenario: &str, forwarder: &str) -> Option<f64> {
     let mut v: Vec<f64> = c
         .cases
         .iter()
-        .filter(|k| k.scenario == "flood-rate" && k.forwarder == forwarder)
+        .filter(|k| k.scenario == scenario && k.forwarder == forwarder)
         .filter_map(|k| program_ns(k.report.as_ref()?))
         .collect();
     v.sort_by(f64::total_cmp);
@@ -348,8 +377,10 @@ pub fn markdown(c: &Comparison) -> String {
     let xdp_share = share(c, "sluice-xdp");
     let user_share = share(c, "sluice-user");
     let engine_share = share(c, "rtpengine");
-    let reflector_prog = median_program_ns(c, "reflector");
-    let xdp_prog = median_program_ns(c, "sluice-xdp");
+    let reflector_prog = median_program_ns(c, "flood-rate", "reflector");
+    let xdp_prog = median_program_ns(c, "flood-rate", "sluice-xdp");
+    let reflector_tx_prog = median_program_ns(c, "flood-one-arm", "reflector");
+    let xdp_tx_prog = median_program_ns(c, "flood-one-arm", "sluice-xdp");
     let max =
         |f: &str| find(c, "flood-max", f).and_then(|r| r.flood.as_ref().map(|f| f.delivered_pps));
     let cycles =
@@ -375,8 +406,13 @@ pub fn markdown(c: &Comparison) -> String {
     }
     let _ = writeln!(
         o,
-        "| XDP program cost / XDP_TX reflector | {} |",
+        "| XDP program cost / XDP_TX reflector, routed (Sluice redirects) | {} |",
         ratio(xdp_prog, reflector_prog)
+    );
+    let _ = writeln!(
+        o,
+        "| XDP program cost / XDP_TX reflector, one-armed (both XDP_TX) | {} |",
+        ratio(xdp_tx_prog, reflector_tx_prog)
     );
     let _ = writeln!(
         o,
@@ -414,10 +450,6 @@ pub fn markdown(c: &Comparison) -> String {
             failed_row(&mut o, k, 8);
             continue;
         };
-        let (sent, lost) = f
-            .directions
-            .iter()
-            .fold((0, 0), |(s, l), d| (s + d.totals.sent, l + d.totals.lost));
         let lat = |p: fn(&crate::stats::LatencySummary) -> f64| {
             f.directions
                 .iter()
@@ -430,11 +462,7 @@ pub fn markdown(c: &Comparison) -> String {
             k.round,
             k.forwarder,
             f.delivered_pps,
-            if sent > 0 {
-                100.0 * lost as f64 / sent as f64
-            } else {
-                0.0
-            },
+            loss_percent(f),
             opt(f.cpu.ns_per_delivered_packet, 0),
             if k.forwarder == "reflector" {
                 "(floor)".into()
@@ -462,6 +490,42 @@ pub fn markdown(c: &Comparison) -> String {
             );
         }
     }
+    let _ = writeln!(
+        o,
+        "\n## Flood at a fixed rate, one-armed relay (XDP_TX on one veth)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| round | forwarder | delivered pps | loss | XDP program | program / reflector |\n|---|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario == "flood-one-arm") {
+        let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
+            let _ = write!(o, "| {} ", k.round);
+            failed_row(&mut o, k, 5);
+            continue;
+        };
+        let prog = k.report.as_ref().and_then(program_ns);
+        // Against the reflector of the same round: the rounds drift together.
+        let floor = c
+            .cases
+            .iter()
+            .find(|r| r.scenario == k.scenario && r.forwarder == "reflector" && r.round == k.round)
+            .and_then(|r| program_ns(r.report.as_ref()?));
+        let _ = writeln!(
+            o,
+            "| {} | {} | {:.0} | {:.3} % | {} | {} |",
+            k.round,
+            k.forwarder,
+            f.delivered_pps,
+            loss_percent(f),
+            prog.map_or("-".into(), |p| format!("{p:.1} ns")),
+            if k.forwarder == "reflector" {
+                "(floor)".into()
+            } else {
+                ratio(prog, floor)
+            },
+        );
+    }
     let _ = writeln!(o, "\n## Flood at saturation (namespace topology)\n");
     let _ = writeln!(
         o,
@@ -472,21 +536,13 @@ pub fn markdown(c: &Comparison) -> String {
             failed_row(&mut o, k, 6);
             continue;
         };
-        let (sent, lost) = f
-            .directions
-            .iter()
-            .fold((0, 0), |(s, l), d| (s + d.totals.sent, l + d.totals.lost));
         let _ = writeln!(
             o,
             "| {} | {:.0} | {:.0} | {:.2} % | {:.2} s | {:.2} s |",
             k.forwarder,
             f.sent_pps,
             f.delivered_pps,
-            if sent > 0 {
-                100.0 * lost as f64 / sent as f64
-            } else {
-                0.0
-            },
+            loss_percent(f),
             f.cpu.relay_s,
             f.cpu.generator_s
         );
@@ -646,6 +702,8 @@ mod tests {
             ("flood-rate", "sluice-xdp"),
             ("flood-rate", "sluice-user"),
             ("flood-rate", "rtpengine"),
+            ("flood-one-arm", "reflector"),
+            ("flood-one-arm", "sluice-xdp"),
             ("flood-max", "sluice-xdp"),
             ("control", "sluice-grpc"),
             ("control", "rtpengine"),

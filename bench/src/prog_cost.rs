@@ -8,7 +8,10 @@
 //! same buffer, which the fast path rewrites in place: two flows are installed so that each
 //! rewritten packet matches the other flow and comes back (198.18.2.3 stands in for a second
 //! remote on the callee link), and every run takes the full forwarding path (lookup, source
-//! check, cached route, rewrite, checksums, redirect).
+//! check, cached route, rewrite, checksums, redirect). A second pair does the same on the
+//! caller link alone (198.18.1.3 and .4 stand in for two remotes there), so its packets go back
+//! out of the device they came in on: the XDP_TX verdict of a one-armed relay, the same
+//! verdict as the reflector's.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +33,11 @@ const XDP_REDIRECT: u32 = 4;
 const FAR_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 3);
 const FAR_MAC: &str = "02:00:00:00:02:03";
 const CALLEE_MAC: &str = "02:00:00:00:02:02";
+/// Two remotes on the caller link, for the pair of flows whose packets leave by XDP_TX.
+const TX_FAR_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 3);
+const TX_FAR_MAC: &str = "02:00:00:00:01:03";
+const TX_PEER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 4);
+const TX_PEER_MAC: &str = "02:00:00:00:01:04";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ProgCostArgs {
@@ -49,7 +57,10 @@ pub struct ProgCostArgs {
 pub struct ProgCost {
     pub pass_ns: f64,
     pub reflector_ns: f64,
+    /// Packets of a flow that leaves through another device (DEVMAP redirect).
     pub sluice_ns: f64,
+    /// Packets of a flow that leaves through the device it came in on (XDP_TX).
+    pub sluice_tx_ns: f64,
     pub rounds: usize,
     pub repeat: u32,
 }
@@ -58,15 +69,17 @@ impl ProgCost {
     pub fn human(&self) -> String {
         format!(
             "BPF_PROG_TEST_RUN, median of {} rounds x {} runs, ns per packet:\n  \
-             pass-through    {:7.1}\n  XDP_TX reflector {:6.1}\n  sluice_xdp      {:7.1}\n  \
-             sluice / reflector: {:.2}x   above pass-through: {:.2}x\n",
+             pass-through           {:7.1}\n  XDP_TX reflector       {:7.1}\n  \
+             sluice_xdp, redirect   {:7.1}   {:.2}x the reflector\n  \
+             sluice_xdp, XDP_TX     {:7.1}   {:.2}x the reflector\n",
             self.rounds,
             self.repeat,
             self.pass_ns,
             self.reflector_ns,
             self.sluice_ns,
             self.sluice_ns / self.reflector_ns,
-            (self.sluice_ns - self.pass_ns) / (self.reflector_ns - self.pass_ns).max(0.1),
+            self.sluice_tx_ns,
+            self.sluice_tx_ns / self.reflector_ns,
         )
     }
 }
@@ -78,6 +91,9 @@ pub fn run(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
     let topo = Topology::up(&Topology::unique_prefix("pc")).context("namespace topology")?;
     for (addr, mac) in [(topo::CALLEE_V4, CALLEE_MAC), (FAR_V4, FAR_MAC)] {
         topo.static_neighbour(Role::Relay, addr.into(), mac, topo::RELAY_CALLEE_DEV)?;
+    }
+    for (addr, mac) in [(TX_FAR_V4, TX_FAR_MAC), (TX_PEER_V4, TX_PEER_MAC)] {
+        topo.static_neighbour(Role::Relay, addr.into(), mac, topo::RELAY_CALLER_DEV)?;
     }
     topo.enable_forwarding(Role::Relay)?;
     topo.run_in(Role::Relay, || measure(args))?
@@ -111,53 +127,71 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
     fast_path
         .flows()
         .apply(2, &[flow(callee, relay_b, caller, relay_a)], &shared)?;
+    // The same on the caller link alone: both runs go back out of it (XDP_TX).
+    let caller_tx = SocketAddr::new(IpAddr::V4(topo::CALLER_V4), 4010);
+    let far_tx = SocketAddr::new(IpAddr::V4(TX_FAR_V4), 30_010);
+    let relay_tx = SocketAddr::new(IpAddr::V4(topo::RELAY_CALLER_SIDE_V4), 30_012);
+    let peer_tx = SocketAddr::new(IpAddr::V4(TX_PEER_V4), 5010);
+    fast_path
+        .flows()
+        .apply(3, &[flow(far_tx, caller_tx, relay_tx, peer_tx)], &shared)?;
+    fast_path
+        .flows()
+        .apply(4, &[flow(peer_tx, relay_tx, caller_tx, far_tx)], &shared)?;
     let reflector = AuxProgram::load(AuxKind::Reflect)?;
     let pass = AuxProgram::load(AuxKind::Pass)?;
 
-    let frame = frame(caller, relay_a, args.payload);
-    let ctx: Vec<u8> = [0, frame.len() as u32, 0, caller_if, 0, 0]
+    let frame_redirect = frame(caller, relay_a, args.payload);
+    let frame_tx = frame(caller_tx, far_tx, args.payload);
+    let ctx: Vec<u8> = [0, frame_redirect.len() as u32, 0, caller_if, 0, 0]
         .iter()
         .flat_map(|v| v.to_ne_bytes())
         .collect();
     let sluice = fast_path.program()?;
     // Warm the route cache and check the path taken is the forwarding one.
-    let redirects = fast_path.stat(Stat::Redirect)?.packets;
-    for _ in 0..2 {
-        let (verdict, _) = test_run(sluice, &frame, &ctx, 1)?;
-        if verdict != XDP_REDIRECT {
-            bail!(
-                "sluice_xdp returned {verdict}, not XDP_REDIRECT: {:?}",
-                fast_path.stats()?
-            );
+    let before = [Stat::Redirect, Stat::Tx].map(|s| fast_path.stat(s).map(|c| c.packets));
+    for (frame, want) in [(&frame_redirect, XDP_REDIRECT), (&frame_tx, XDP_TX)] {
+        for _ in 0..2 {
+            let (verdict, _) = test_run(sluice, frame, &ctx, 1)?;
+            if verdict != want {
+                bail!(
+                    "sluice_xdp returned {verdict}, not {want}: {:?}",
+                    fast_path.stats()?
+                );
+            }
         }
     }
-    let mut samples: [Vec<f64>; 3] = Default::default();
+    let mut samples: [Vec<f64>; 4] = Default::default();
     for _ in 0..args.rounds {
-        for (i, (program, want)) in [
-            (pass.program()?, XDP_PASS),
-            (reflector.program()?, XDP_TX),
-            (sluice, XDP_REDIRECT),
+        for (i, (program, frame, want)) in [
+            (pass.program()?, &frame_redirect, XDP_PASS),
+            (reflector.program()?, &frame_redirect, XDP_TX),
+            (sluice, &frame_redirect, XDP_REDIRECT),
+            (sluice, &frame_tx, XDP_TX),
         ]
         .into_iter()
         .enumerate()
         {
-            let (verdict, ns) = test_run(program, &frame, &ctx, args.repeat)?;
+            let (verdict, ns) = test_run(program, frame, &ctx, args.repeat)?;
             if verdict != want {
                 bail!("program {i} returned {verdict}, expected {want}");
             }
             samples[i].push(ns);
         }
     }
-    let forwarded = fast_path.stat(Stat::Redirect)?.packets - redirects;
     let expected = 2 + u64::from(args.repeat) * args.rounds as u64;
-    if forwarded != expected {
-        bail!("sluice_xdp redirected {forwarded} of {expected} runs");
+    for (stat, before) in [Stat::Redirect, Stat::Tx].into_iter().zip(before) {
+        let forwarded = fast_path.stat(stat)?.packets - before?;
+        if forwarded != expected {
+            bail!("sluice_xdp forwarded {forwarded} of {expected} runs with {stat:?}");
+        }
     }
-    let [pass_ns, reflector_ns, sluice_ns] = samples.map(|mut s| median(&mut s));
+    let [pass_ns, reflector_ns, sluice_ns, sluice_tx_ns] = samples.map(|mut s| median(&mut s));
     Ok(ProgCost {
         pass_ns,
         reflector_ns,
         sluice_ns,
+        sluice_tx_ns,
         rounds: args.rounds,
         repeat: args.repeat,
     })

@@ -15,7 +15,8 @@ use crate::scenario::flood::{self, FloodOptions, Forwarder};
 use crate::scenario::steady::{self, SteadyOptions};
 use crate::signal::Protocol;
 use crate::testbed::{Placement, Testbed};
-use crate::{kernel, topo};
+use crate::kernel;
+use crate::topo::Shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -41,8 +42,28 @@ pub enum Net {
     /// Everything on 127.0.0.1 in the harness's namespace.
     Loopback,
     /// Caller, relay and callee in namespaces joined by veth pairs (198.18.0.0/15; needs
-    /// root), so the relay's XDP fast path can forward.
+    /// root), so the relay's XDP fast path can forward: the relay routes between a caller link
+    /// and a callee link (XDP redirects).
     Netns,
+    /// The same namespaces on one bridged segment: the relay has one device and answers on it
+    /// (XDP_TX), like a single-NIC media relay.
+    OneArm,
+}
+
+impl Net {
+    /// As on the command line.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+
+    fn shape(self) -> Option<Shape> {
+        match self {
+            Net::Loopback => None,
+            Net::Netns => Some(Shape::Routed),
+            Net::OneArm => Some(Shape::OneArm),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -205,11 +226,14 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
     // The relay inherits the limit: 4 sockets per call on each side.
     crate::sys::raise_nofile_limit().context("raising RLIMIT_NOFILE")?;
     let machine = Machine::probe();
-    if a.scenario == Scenario::Flood || (a.scenario == Scenario::Steady && a.net == Net::Netns) {
+    if a.scenario == Scenario::Flood || (a.scenario == Scenario::Steady && a.net != Net::Loopback) {
         return execute_media(a, machine);
     }
     if a.net != Net::Loopback {
-        bail!("--net netns is implemented for --scenario flood and steady");
+        bail!(
+            "--net {} is implemented for --scenario flood and steady",
+            a.net.name()
+        );
     }
     let protocol = match a.target {
         Target::RtpengineNg => Protocol::Ng,
@@ -429,10 +453,7 @@ fn rtpengine_options(a: &RunArgs) -> RtpengineOptions {
 /// `--scenario flood` (loopback or the namespace topology; a relay or the XDP reflector) and
 /// `--scenario steady --net netns`.
 fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
-    let mut bed = match a.net {
-        Net::Netns => Some(Testbed::up()?),
-        Net::Loopback => None,
-    };
+    let mut bed = a.net.shape().map(Testbed::up).transpose()?;
     let place = bed.as_ref().map_or_else(Placement::loopback, Placement::on);
     let relay_ns = place.relay_ns.clone();
     let mut relay = None;
@@ -443,7 +464,9 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
                 .as_mut()
                 .context("--target reflector needs --net netns (it runs on the relay's veths)")?;
             let ids = bed.attach_reflectors()?;
-            let progs = [topo::RELAY_CALLER_DEV, topo::RELAY_CALLEE_DEV]
+            let progs = bed
+                .topo()
+                .relay_devs()
                 .iter()
                 .map(|d| d.to_string())
                 .zip(ids)
@@ -476,16 +499,14 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
             o.xdp = a.xdp.clone();
             o.log_level = a.relay_log_level.clone();
             o.address = place.relay_ip_for_caller;
-            if bed.is_some() {
-                o.xdp_interfaces =
-                    vec![topo::RELAY_CALLER_DEV.into(), topo::RELAY_CALLEE_DEV.into()];
-            }
+            let relay_devs = bed.as_ref().map_or(&[][..], |b| b.topo().relay_devs());
+            o.xdp_interfaces = relay_devs.iter().map(|d| d.to_string()).collect();
             o.netns = relay_ns.clone();
             let p = RelayProcess::spawn(&o, Duration::from_secs(15))?;
             let progs = match &relay_ns {
                 Some(ns) if a.xdp != "off" => {
                     let mut progs = Vec::new();
-                    for dev in [topo::RELAY_CALLER_DEV, topo::RELAY_CALLEE_DEV] {
+                    for &dev in relay_devs {
                         match kernel::xdp_prog_id(ns, dev) {
                             // One program serves both devices: its counters are counted once.
                             Ok(id) => match progs.iter_mut().find(|(_, i)| *i == id) {
@@ -621,10 +642,10 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
         tool: format!("sluice-bench {}", env!("CARGO_PKG_VERSION")),
         scenario: format!("{:?}", a.scenario).to_lowercase(),
         target: match a.target {
-            Target::Reflector => "xdp reflector (no relay)".into(),
-            Target::RtpengineNg => format!("rtpengine-ng, {:?}", a.net).to_lowercase(),
+            Target::Reflector => format!("xdp reflector (no relay), {}", a.net.name()),
+            Target::RtpengineNg => format!("rtpengine-ng, {}", a.net.name()),
             _ if a.connect.is_some() => "rtpproxy protocol relay (connected)".into(),
-            _ => format!("sluice-rtpp, xdp {}, {:?}", a.xdp, a.net).to_lowercase(),
+            _ => format!("sluice-rtpp, xdp {}, {}", a.xdp, a.net.name()),
         },
         date_utc: crate::report::date_utc(),
         git_commit: crate::report::git_commit(),

@@ -5,8 +5,10 @@
 //! On the topology, both endpoint devices run the pass-through XDP program: a veth drops
 //! frames that XDP sends into it (XDP_TX, redirect) unless its peer runs an XDP program, and
 //! the helpers stay in place for every target so the endpoints' receive path costs the same
-//! whoever forwards. The endpoints compute UDP checksums in software (no TX offload). The reflector target replaces the relay with the minimal XDP_TX reflector
-//! on the relay's two devices.
+//! whoever forwards. On the one-armed shape the bridge's port towards the relay runs it too: the
+//! relay's XDP_TX frames go into that veth. The endpoints compute UDP checksums in software (no
+//! TX offload). The reflector target replaces the relay with the minimal XDP_TX reflector on
+//! the relay's devices.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -14,7 +16,7 @@ use anyhow::{Context, Result};
 use sluice::datapath::xdp::AttachMode;
 use sluice::datapath::xdp::aux_prog::{AuxKind, AuxProgram};
 
-use crate::topo::{self, Role, Topology};
+use crate::topo::{self, Role, Shape, Topology};
 
 /// The namespaces and the XDP programs the harness itself attached.
 pub struct Testbed {
@@ -26,8 +28,9 @@ pub struct Testbed {
 
 impl Testbed {
     /// Builds the topology under a fresh prefix, with the pass-through helpers attached.
-    pub fn up() -> Result<Testbed> {
-        let topo = Topology::up(&Topology::unique_prefix("sb")).context("namespace topology")?;
+    pub fn up(shape: Shape) -> Result<Testbed> {
+        let topo = Topology::up_shaped(&Topology::unique_prefix("sb"), shape)
+            .context("namespace topology")?;
         let mut helpers = Vec::new();
         for role in [Role::Caller, Role::Callee] {
             // With TX checksum offload a veth hands over packets whose UDP checksum holds only
@@ -62,6 +65,13 @@ impl Testbed {
                 .with_context(|| format!("XDP pass-through helper on {}", topo.ns(role)))?;
             helpers.push(helper);
         }
+        if shape == Shape::OneArm {
+            let helper = topo::run_in_netns(&topo.lan_ns(), || {
+                AuxProgram::attach(AuxKind::Pass, topo::LAN_RELAY_PORT, AttachMode::Native)
+            })?
+            .context("XDP pass-through helper on the bridge port towards the relay")?;
+            helpers.push(helper);
+        }
         Ok(Testbed {
             reflectors: Vec::new(),
             _helpers: helpers,
@@ -73,10 +83,10 @@ impl Testbed {
         &self.topo
     }
 
-    /// Attaches the reflector to both relay devices; returns their program ids.
+    /// Attaches the reflector to the relay's devices; returns their program ids.
     pub fn attach_reflectors(&mut self) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
-        for dev in [topo::RELAY_CALLER_DEV, topo::RELAY_CALLEE_DEV] {
+        for &dev in self.topo.relay_devs() {
             let reflector = self
                 .topo
                 .run_in(Role::Relay, || {

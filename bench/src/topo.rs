@@ -1,4 +1,6 @@
-//! Network-namespace topology on 198.18.0.0/15 (RFC 2544 benchmark range) and 2001:2::/48:
+//! Network-namespace topology on 198.18.0.0/15 (RFC 2544 benchmark range) and 2001:2::/48.
+//!
+//! [`Shape::Routed`], the relay between two links (a relay with a public and a private side):
 //!
 //! ```text
 //!  {prefix}-caller            {prefix}-relay                 {prefix}-callee
@@ -6,6 +8,17 @@
 //!       2001:2:0:1::2/64           2001:2:0:1::1/64
 //!                                callee 198.18.2.1/24 ── veth ── eth0 198.18.2.2/24
 //!                                       2001:2:0:2::1/64           2001:2:0:2::2/64
+//! ```
+//!
+//! [`Shape::OneArm`], everyone on one bridged segment (the common single-NIC media relay: it
+//! answers on the device it received on, so the XDP program sends with XDP_TX). The bridge
+//! lives in a fourth namespace, `{prefix}-lan`; the addresses are those above with /16 and
+//! /48 prefixes, so everyone is on-link, and the relay's device `lan` holds both of its.
+//!
+//! ```text
+//!  {prefix}-caller eth0 ── veth ── caller ┐
+//!  {prefix}-relay  lan  ── veth ── relay  ├ br0 in {prefix}-lan
+//!  {prefix}-callee eth0 ── veth ── callee ┘
 //! ```
 //!
 //! Built with the `ip` command (iproute2). Building is idempotent (leftovers of the same prefix
@@ -81,28 +94,56 @@ pub const CALLEE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 2, 0, 0, 0, 2);
 pub const ENDPOINT_DEV: &str = "eth0";
 pub const RELAY_CALLER_DEV: &str = "caller";
 pub const RELAY_CALLEE_DEV: &str = "callee";
+/// The relay's only device in [`Shape::OneArm`].
+pub const RELAY_LAN_DEV: &str = "lan";
+/// The bridge port in `{prefix}-lan` that leads to the relay: a veth into which the relay's
+/// XDP program sends with XDP_TX, so it must run an XDP program itself (see testbed.rs).
+pub const LAN_RELAY_PORT: &str = "relay";
+/// Namespace suffix of the bridge in [`Shape::OneArm`].
+const LAN_SUFFIX: &str = "lan";
+
+/// How the relay is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// Two links, one per side: packets leave through the other device (DEVMAP redirect).
+    #[default]
+    Routed,
+    /// One bridged segment: packets leave through the device they came in on (XDP_TX).
+    OneArm,
+}
 
 /// A live topology; dropping it tears it down unless [`Topology::keep`] was called.
 #[derive(Debug)]
 pub struct Topology {
     prefix: String,
+    shape: Shape,
     keep: bool,
 }
 
 impl Topology {
-    /// Builds the topology under `prefix` (namespaces `{prefix}-caller|relay|callee`).
+    /// Builds the routed topology under `prefix` (namespaces `{prefix}-caller|relay|callee`).
     pub fn up(prefix: &str) -> Result<Topology, TopoError> {
+        Topology::up_shaped(prefix, Shape::Routed)
+    }
+
+    /// Builds the topology of `shape` under `prefix`.
+    pub fn up_shaped(prefix: &str, shape: Shape) -> Result<Topology, TopoError> {
         validate_prefix(prefix)?;
         down(prefix)?;
         // Own it from here: a failure half-way through tears down what was built.
         let topo = Topology {
             prefix: prefix.to_owned(),
+            shape,
             keep: false,
         };
         live().push(prefix.to_owned());
         for role in [Role::Caller, Role::Relay, Role::Callee] {
             ip(&["netns", "add", &topo.ns(role)])?;
             ip(&["-n", &topo.ns(role), "link", "set", "lo", "up"])?;
+        }
+        if shape == Shape::OneArm {
+            topo.one_arm()?;
+            return Ok(topo);
         }
         let (caller, relay, callee) = (
             topo.ns(Role::Caller),
@@ -133,6 +174,49 @@ impl Topology {
         route(&callee, "198.18.0.0/15", &RELAY_CALLEE_SIDE_V4.to_string())?;
         route(&callee, "2001:2::/48", &RELAY_CALLEE_SIDE_V6.to_string())?;
         Ok(topo)
+    }
+
+    fn one_arm(&self) -> Result<(), TopoError> {
+        let lan = self.lan_ns();
+        ip(&["netns", "add", &lan])?;
+        ip(&["-n", &lan, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &lan, "link", "set", "br0", "up"])?;
+        for (role, dev, port) in [
+            (Role::Caller, ENDPOINT_DEV, "caller"),
+            (Role::Relay, RELAY_LAN_DEV, LAN_RELAY_PORT),
+            (Role::Callee, ENDPOINT_DEV, "callee"),
+        ] {
+            link_pair(&self.ns(role), dev, &lan, port)?;
+            ip(&["-n", &lan, "link", "set", port, "master", "br0"])?;
+        }
+        let v4 = |a: Ipv4Addr| format!("{a}/16");
+        let v6 = |a: Ipv6Addr| format!("{a}/48");
+        for (role, dev, a4, a6) in [
+            (Role::Caller, ENDPOINT_DEV, CALLER_V4, CALLER_V6),
+            (Role::Relay, RELAY_LAN_DEV, RELAY_CALLER_SIDE_V4, RELAY_CALLER_SIDE_V6),
+            (Role::Relay, RELAY_LAN_DEV, RELAY_CALLEE_SIDE_V4, RELAY_CALLEE_SIDE_V6),
+            (Role::Callee, ENDPOINT_DEV, CALLEE_V4, CALLEE_V6),
+        ] {
+            addr(&self.ns(role), dev, &v4(a4), &v6(a6))?;
+        }
+        Ok(())
+    }
+
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The relay's devices: where its XDP program (or the reflector) is attached.
+    pub fn relay_devs(&self) -> &'static [&'static str] {
+        match self.shape {
+            Shape::Routed => &[RELAY_CALLER_DEV, RELAY_CALLEE_DEV],
+            Shape::OneArm => &[RELAY_LAN_DEV],
+        }
+    }
+
+    /// The bridge's namespace ([`Shape::OneArm`]).
+    pub fn lan_ns(&self) -> String {
+        format!("{}-{LAN_SUFFIX}", self.prefix)
     }
 
     /// A prefix unique to this process and call, for tests running in parallel.
@@ -222,8 +306,9 @@ impl Drop for Topology {
 /// Removes every namespace of `prefix` (and with them their veth pairs). Idempotent.
 pub fn down(prefix: &str) -> Result<(), TopoError> {
     validate_prefix(prefix)?;
-    for role in [Role::Caller, Role::Relay, Role::Callee] {
-        let ns = format!("{prefix}-{}", role.suffix());
+    let suffixes = [Role::Caller, Role::Relay, Role::Callee].map(Role::suffix);
+    for suffix in suffixes.into_iter().chain([LAN_SUFFIX]) {
+        let ns = format!("{prefix}-{suffix}");
         if std::path::Path::new("/run/netns").join(&ns).exists() {
             ip(&["netns", "delete", &ns])?;
         }
@@ -348,32 +433,40 @@ mod tests {
         if !crate::privileged::privileged_or_skip("topology_comes_up_and_goes_away") {
             return;
         }
-        let prefix = Topology::unique_prefix("tt");
-        let topo = Topology::up(&prefix).expect("topology up");
-        let relay_addr = std::net::SocketAddr::new(RELAY_CALLER_SIDE_V4.into(), 40_000);
-        let receiver = topo
-            .run_in(Role::Relay, || std::net::UdpSocket::bind(relay_addr))
-            .unwrap()
-            .expect("bind in relay namespace");
-        topo.run_in(Role::Caller, || {
-            let s = std::net::UdpSocket::bind((CALLER_V4, 0)).unwrap();
-            s.send_to(b"hello", relay_addr).unwrap();
-        })
-        .unwrap();
-        receiver
-            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        let mut buf = [0u8; 16];
-        let (n, from) = receiver
-            .recv_from(&mut buf)
-            .expect("datagram across the veth");
-        assert_eq!(&buf[..n], b"hello");
-        assert_eq!(from.ip(), IpAddr::from(CALLER_V4));
-        drop(topo);
-        assert!(
-            !std::path::Path::new("/run/netns")
-                .join(format!("{prefix}-relay"))
-                .exists()
-        );
+        for shape in [Shape::Routed, Shape::OneArm] {
+            let prefix = Topology::unique_prefix("tt");
+            let topo = Topology::up_shaped(&prefix, shape).expect("topology up");
+            // Both endpoints reach the relay, each from its own address.
+            for (role, from, to) in [
+                (Role::Caller, CALLER_V4, RELAY_CALLER_SIDE_V4),
+                (Role::Callee, CALLEE_V4, RELAY_CALLEE_SIDE_V4),
+            ] {
+                let relay_addr = std::net::SocketAddr::new(to.into(), 40_000);
+                let receiver = topo
+                    .run_in(Role::Relay, || std::net::UdpSocket::bind(relay_addr))
+                    .unwrap()
+                    .expect("bind in relay namespace");
+                topo.run_in(role, || {
+                    let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+                    s.send_to(b"hello", relay_addr).unwrap();
+                })
+                .unwrap();
+                receiver
+                    .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .unwrap();
+                let mut buf = [0u8; 16];
+                let (n, src) = receiver
+                    .recv_from(&mut buf)
+                    .unwrap_or_else(|e| panic!("{shape:?}: datagram from {role:?}: {e}"));
+                assert_eq!(&buf[..n], b"hello");
+                assert_eq!(src.ip(), IpAddr::from(from));
+            }
+            assert_eq!(topo.relay_devs().len(), if shape == Shape::OneArm { 1 } else { 2 });
+            let lan = topo.lan_ns();
+            drop(topo);
+            for ns in [format!("{prefix}-relay"), lan] {
+                assert!(!std::path::Path::new("/run/netns").join(ns).exists());
+            }
+        }
     }
 }

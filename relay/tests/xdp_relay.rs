@@ -3,7 +3,9 @@
 //! kernel forwards the stream: the relay's sockets see no more of it, every packet arrives
 //! (none lost across the handoff) from the relay's address with a valid checksum, with the
 //! senders' TX checksum offload on and off. A spoofed source is not forwarded, and a delete
-//! stops forwarding. Root only; skips with a message when unprivileged, fails instead under
+//! stops forwarding. Run on both shapes of the topology: routed (the relay between a caller
+//! link and a callee link: the program redirects) and one-armed (everyone on one bridged
+//! segment: the program answers with XDP_TX on the device the packet came in on). Root only; skips with a message when unprivileged, fails instead under
 //! `cargo xtask test` as root (CI).
 
 use std::collections::BTreeSet;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use sluice::datapath::xdp::{AttachMode, FastPath};
 use sluice_bench::privileged::privileged_or_skip;
-use sluice_bench::topo::{self, Role, Topology};
+use sluice_bench::topo::{self, Role, Shape, Topology};
 use sluice_common::DEFAULT_MAX_FLOWS;
 
 const CONTROL: &str = "127.0.0.1:22222";
@@ -108,30 +110,72 @@ fn ethtool_tx(ns: &str, on: bool) {
     assert!(status.success(), "ethtool -K tx in {ns}");
 }
 
+/// `rx_queue_*_{name}` summed from `ethtool -S dev` in `ns`: the veth driver's XDP counters.
+fn veth_xdp_stat(ns: &str, dev: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ethtool", "-S", dev])
+        .output()
+        .expect("ethtool (cargo xtask setup installs it)");
+    let suffix = format!("_{name}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with("rx_queue_") && k.ends_with(&suffix))
+        .map(|(_, v)| v.trim().parse::<u64>().unwrap_or(0))
+        .sum()
+}
+
+/// The relay between the caller's and the callee's link: packets leave through the other
+/// device, by DEVMAP redirect.
 #[test]
 fn latched_stream_is_forwarded_in_the_kernel() {
     if !privileged_or_skip("latched_stream_is_forwarded_in_the_kernel") {
         return;
     }
-    let topo = Topology::up(&Topology::unique_prefix("xr")).expect("namespace topology");
+    latched_stream_on(Shape::Routed);
+}
+
+/// A single-NIC relay: packets leave through the device they came in on, by XDP_TX.
+#[test]
+fn one_armed_relay_forwards_with_xdp_tx() {
+    if !privileged_or_skip("one_armed_relay_forwards_with_xdp_tx") {
+        return;
+    }
+    latched_stream_on(Shape::OneArm);
+}
+
+fn latched_stream_on(shape: Shape) {
+    let topo = Topology::up_shaped(&Topology::unique_prefix("xr"), shape)
+        .expect("namespace topology");
     let (caller_ns, relay_ns, callee_ns) = (
         topo.ns(Role::Caller),
         topo.ns(Role::Relay),
         topo.ns(Role::Callee),
     );
     // Native XDP_TX/redirect into a veth needs an XDP program on the receiving end: the
-    // endpoints run the same program with no flows (it passes everything).
-    let _helpers: Vec<FastPath> = [Role::Caller, Role::Callee]
+    // endpoints (and on one arm, the bridge port towards the relay) run the same program
+    // with no flows (it passes everything).
+    let helper = |dev: &str| {
+        let mut f = FastPath::load(DEFAULT_MAX_FLOWS).unwrap();
+        f.attach(dev, AttachMode::Native).unwrap();
+        f
+    };
+    let mut _helpers: Vec<FastPath> = [Role::Caller, Role::Callee]
         .into_iter()
-        .map(|role| {
-            topo.run_in(role, || {
-                let mut f = FastPath::load(DEFAULT_MAX_FLOWS).unwrap();
-                f.attach(topo::ENDPOINT_DEV, AttachMode::Native).unwrap();
-                f
-            })
-            .unwrap()
-        })
+        .map(|role| topo.run_in(role, || helper(topo::ENDPOINT_DEV)).unwrap())
         .collect();
+    if shape == Shape::OneArm {
+        _helpers.push(
+            topo::run_in_netns(&topo.lan_ns(), || helper(topo::LAN_RELAY_PORT)).unwrap(),
+        );
+    }
+    let relay_devs = topo.relay_devs();
+    let xdp_tx = |name| {
+        relay_devs
+            .iter()
+            .map(|dev| veth_xdp_stat(&relay_ns, dev, name))
+            .sum::<u64>()
+    };
     let dir = tempfile_dir();
     let config = dir.join("sluice.toml");
     fs::write(
@@ -156,12 +200,11 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [xdp]
 mode = "native"
-interfaces = ["{a}", "{b}"]
+interfaces = {devs:?}
 enable_forwarding = true
 "#,
             relay = topo::RELAY_CALLER_SIDE_V4,
-            a = topo::RELAY_CALLER_DEV,
-            b = topo::RELAY_CALLEE_DEV,
+            devs = relay_devs,
         ),
     )
     .unwrap();
@@ -235,6 +278,7 @@ enable_forwarding = true
         ethtool_tx(&caller_ns, tx_offload);
         ethtool_tx(&callee_ns, tx_offload);
         let errors_before = (csum_errors(Role::Caller), csum_errors(Role::Callee));
+        let tx_before = xdp_tx("xdp_tx");
         let first = seq;
         let mut relay_rx_at = None;
         // Endpoints read as they go, like phones: buffers the kernel forwarded are held until
@@ -287,9 +331,20 @@ enable_forwarding = true
             rx_half, 0,
             "relay sockets received {rx_half} datagrams after the handoff (tx offload {tx_offload})"
         );
+        // The way out: on one arm every kernel-forwarded packet is an XDP_TX of the relay's
+        // device (both directions of the second half at least); routed, none is.
+        let tx = xdp_tx("xdp_tx") - tx_before;
+        match shape {
+            Shape::OneArm => assert!(
+                tx >= 2 * 10 * u64::from(BATCH),
+                "{tx} XDP_TX on the relay's device (tx offload {tx_offload})"
+            ),
+            Shape::Routed => assert_eq!(tx, 0, "XDP_TX on the routed relay"),
+        }
         offloaded_rx_checked = true;
     }
     assert!(offloaded_rx_checked);
+    assert_eq!(xdp_tx("xdp_tx_errors"), 0, "XDP_TX frames the veth dropped");
 
     // A spoofed source (right address, wrong port) goes to userspace and is dropped there.
     let spoofer = open(Role::Caller, SocketAddr::new(topo::CALLER_V4.into(), 4002));
