@@ -27,8 +27,8 @@ use serde::Serialize;
 
 use crate::charts;
 use crate::report::{Machine, Report};
-use crate::scenario::flood::FloodResult;
 use crate::run::{RunArgs, execute};
+use crate::scenario::flood::FloodResult;
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
@@ -118,7 +118,14 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
             cases.push((scenario, *name, round, args));
         }
     }
-    let one_arm = ["--scenario", "flood", "--net", "one-arm", "--warmup", warmup];
+    let one_arm = [
+        "--scenario",
+        "flood",
+        "--net",
+        "one-arm",
+        "--warmup",
+        warmup,
+    ];
     for round in 1..=rounds {
         for (name, target) in &forwarders[..2] {
             let args = one_arm

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 
+use crate::kernel;
 use crate::relay::{self, Relay, RelayProcess, SpawnOptions};
 use crate::report::{Machine, RelayInfo, Report};
 use crate::rtpengine::{self, RtpengineOptions, RtpengineProcess};
@@ -15,7 +16,6 @@ use crate::scenario::flood::{self, FloodOptions, Forwarder};
 use crate::scenario::steady::{self, SteadyOptions};
 use crate::signal::Protocol;
 use crate::testbed::{Placement, Testbed};
-use crate::kernel;
 use crate::topo::Shape;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

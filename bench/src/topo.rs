@@ -193,8 +193,18 @@ impl Topology {
         let v6 = |a: Ipv6Addr| format!("{a}/48");
         for (role, dev, a4, a6) in [
             (Role::Caller, ENDPOINT_DEV, CALLER_V4, CALLER_V6),
-            (Role::Relay, RELAY_LAN_DEV, RELAY_CALLER_SIDE_V4, RELAY_CALLER_SIDE_V6),
-            (Role::Relay, RELAY_LAN_DEV, RELAY_CALLEE_SIDE_V4, RELAY_CALLEE_SIDE_V6),
+            (
+                Role::Relay,
+                RELAY_LAN_DEV,
+                RELAY_CALLER_SIDE_V4,
+                RELAY_CALLER_SIDE_V6,
+            ),
+            (
+                Role::Relay,
+                RELAY_LAN_DEV,
+                RELAY_CALLEE_SIDE_V4,
+                RELAY_CALLEE_SIDE_V6,
+            ),
             (Role::Callee, ENDPOINT_DEV, CALLEE_V4, CALLEE_V6),
         ] {
             addr(&self.ns(role), dev, &v4(a4), &v6(a6))?;
@@ -461,7 +471,10 @@ mod tests {
                 assert_eq!(&buf[..n], b"hello");
                 assert_eq!(src.ip(), IpAddr::from(from));
             }
-            assert_eq!(topo.relay_devs().len(), if shape == Shape::OneArm { 1 } else { 2 });
+            assert_eq!(
+                topo.relay_devs().len(),
+                if shape == Shape::OneArm { 1 } else { 2 }
+            );
             let lan = topo.lan_ns();
             drop(topo);
             for ns in [format!("{prefix}-relay"), lan] {

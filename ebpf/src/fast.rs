@@ -45,18 +45,19 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     if !unsafe { F::plain_udp(l3) } {
         return None;
     }
-    // Ports, length, checksum: network order as read.
-    let udp = unsafe { (l4 as *const [u16; 4]).read_unaligned() };
-    let udp_len = u16::from_be(udp[2]);
-    if usize::from(udp_len) < UDP_HLEN || l4 + usize::from(udp_len) > end {
-        return None;
-    }
-    let (slot, flow) = action(*SLUICE_PORTS.get(u32::from(u16::from_be(udp[1])))?).ok()?;
+    // Header fields are read where they are used, not all up front: each map lookup is a call
+    // that leaves only four registers intact, and a field held across one is spilled to the
+    // stack and reloaded, where reading it again from the frame (in L1 already) costs one load.
+    let port = |at: usize| unsafe { ((l4 + at) as *const u16).read_unaligned() };
+    // First for the same reason: one value kept across the other lookups, where a lookup
+    // between them would have the flow, its counters and the frame pointers spilled.
+    let epoch = route_epoch();
+    let (slot, flow) = action(*SLUICE_PORTS.get(u32::from(u16::from_be(port(2))))?).ok()?;
     // The flow of this address and port (else it is in the hash), from its latched source
     // (else the general path counts the mismatch).
     if flow.family != F::FAMILY
-        || u16::from_ne_bytes(flow.local_port) != udp[1]
-        || u16::from_ne_bytes(flow.src_port) != udp[0]
+        || u16::from_ne_bytes(flow.local_port) != port(2)
+        || u16::from_ne_bytes(flow.src_port) != port(0)
         || !unsafe { F::is_at(l3 + F::DST, &flow.local) }
         || !unsafe { F::is_at(l3 + F::SRC, &flow.src) }
     {
@@ -67,17 +68,19 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     let stats = unsafe { &mut *stats };
     let route = &stats.route;
     if route.slot != slot
-        || route.epoch != route_epoch()
+        || route.epoch != epoch
         || route.tagged != 0
         || route.ingress != ctx.ingress_ifindex() as u32
+        || (route.kind != ROUTE_TX && route.kind != ROUTE_REDIRECT)
     {
         return None;
     }
-    let (stat, redirect) = match route.kind {
-        ROUTE_TX => (Stat::Tx, false),
-        ROUTE_REDIRECT => (Stat::Redirect, true),
-        _ => return None,
-    };
+    // Ports, length, checksum: network order as read.
+    let udp = unsafe { (l4 as *const [u16; 4]).read_unaligned() };
+    let udp_len = u16::from_be(udp[2]);
+    if usize::from(udp_len) < UDP_HLEN || l4 + usize::from(udp_len) > end {
+        return None;
+    }
     let check = complete_checksum::<F>(udp, flow)?;
     let egress = route.ifindex;
     // Two loads and two stores rather than twelve of each (or a call to memcpy).
@@ -109,13 +112,15 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     };
     account(udp_len, rtp, flow, stats);
     let len = (end - data) as u64;
-    if !redirect {
-        count(stat, len);
+    // Read again rather than carried through the rewrite: one load from a line in use, where
+    // a value held across it would be spilled to the stack and back.
+    if stats.route.kind == ROUTE_TX {
+        count(Stat::Tx, len);
         return Some(xdp_action::XDP_TX);
     }
     Some(match SLUICE_DEVMAP.redirect(egress, 0) {
         Ok(verdict) => {
-            count(stat, len);
+            count(Stat::Redirect, len);
             verdict
         }
         // As in the general path: a device removed since the route was cached.

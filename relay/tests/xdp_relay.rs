@@ -145,8 +145,8 @@ fn one_armed_relay_forwards_with_xdp_tx() {
 }
 
 fn latched_stream_on(shape: Shape) {
-    let topo = Topology::up_shaped(&Topology::unique_prefix("xr"), shape)
-        .expect("namespace topology");
+    let topo =
+        Topology::up_shaped(&Topology::unique_prefix("xr"), shape).expect("namespace topology");
     let (caller_ns, relay_ns, callee_ns) = (
         topo.ns(Role::Caller),
         topo.ns(Role::Relay),
@@ -165,9 +165,7 @@ fn latched_stream_on(shape: Shape) {
         .map(|role| topo.run_in(role, || helper(topo::ENDPOINT_DEV)).unwrap())
         .collect();
     if shape == Shape::OneArm {
-        _helpers.push(
-            topo::run_in_netns(&topo.lan_ns(), || helper(topo::LAN_RELAY_PORT)).unwrap(),
-        );
+        _helpers.push(topo::run_in_netns(&topo.lan_ns(), || helper(topo::LAN_RELAY_PORT)).unwrap());
     }
     let relay_devs = topo.relay_devs();
     let xdp_tx = |name| {
