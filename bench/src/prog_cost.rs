@@ -131,24 +131,23 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
         dscp: 46,
     };
     // caller -> relay_a is sent relay_b -> callee; that packet matches the second flow, which
-    // sends it caller -> relay_a again (via the callee link, so both runs redirect).
-    fast_path
-        .flows()
-        .apply(1, &[flow(relay_a, caller, relay_b, callee)], &shared)?;
-    fast_path
-        .flows()
-        .apply(2, &[flow(callee, relay_b, caller, relay_a)], &shared)?;
-    // The same on the caller link alone: both runs go back out of it (XDP_TX).
+    // sends it caller -> relay_a again (via the callee link, so both runs redirect). The same
+    // on the caller link alone: both runs go back out of it (XDP_TX).
     let caller_tx = SocketAddr::new(IpAddr::V4(topo::CALLER_V4), 4010);
     let far_tx = SocketAddr::new(IpAddr::V4(TX_FAR_V4), 30_010);
     let relay_tx = SocketAddr::new(IpAddr::V4(topo::RELAY_CALLER_SIDE_V4), 30_012);
     let peer_tx = SocketAddr::new(IpAddr::V4(TX_PEER_V4), 5010);
-    fast_path
-        .flows()
-        .apply(3, &[flow(far_tx, caller_tx, relay_tx, peer_tx)], &shared)?;
-    fast_path
-        .flows()
-        .apply(4, &[flow(peer_tx, relay_tx, caller_tx, far_tx)], &shared)?;
+    for (stream, [a, b, c, d]) in [
+        (1, [relay_a, caller, relay_b, callee]),
+        (3, [far_tx, caller_tx, relay_tx, peer_tx]),
+    ] {
+        fast_path
+            .flows()
+            .apply(stream, &[flow(a, b, c, d)], &shared)?;
+        fast_path
+            .flows()
+            .apply(stream + 1, &[flow(d, c, b, a)], &shared)?;
+    }
     let reflector = AuxProgram::load(AuxKind::Reflect)?;
     let pass = AuxProgram::load(AuxKind::Pass)?;
 
