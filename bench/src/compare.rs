@@ -283,10 +283,15 @@ fn cpu_per_packet(r: &Report) -> Option<f64> {
     r.flood.as_ref()?.cpu.ns_per_delivered_packet
 }
 
-fn find_round<'a>(c: &'a Comparison, forwarder: &str, round: u32) -> Option<&'a Report> {
+fn find_round<'a>(
+    c: &'a Comparison,
+    scenario: &str,
+    forwarder: &str,
+    round: u32,
+) -> Option<&'a Report> {
     c.cases
         .iter()
-        .find(|k| k.scenario == "flood-rate" && k.forwarder == forwarder && k.round == round)
+        .find(|k| k.scenario == scenario && k.forwarder == forwarder && k.round == round)
         .and_then(|k| k.report.as_ref())
 }
 
@@ -304,8 +309,8 @@ fn loss_percent(f: &FloodResult) -> f64 {
 
 /// The forwarder's share in one round: its machine CPU per packet minus the reflector's.
 fn share_in(c: &Comparison, forwarder: &str, round: u32) -> Option<f64> {
-    let floor = cpu_per_packet(find_round(c, "reflector", round)?)?;
-    Some(cpu_per_packet(find_round(c, forwarder, round)?)? - floor)
+    let floor = cpu_per_packet(find_round(c, "flood-rate", "reflector", round)?)?;
+    Some(cpu_per_packet(find_round(c, "flood-rate", forwarder, round)?)? - floor)
 }
 
 /// The forwarder's share over the rounds: the median, and the lowest and highest.
@@ -513,11 +518,7 @@ pub fn markdown(c: &Comparison) -> String {
         };
         let prog = k.report.as_ref().and_then(program_ns);
         // Against the reflector of the same round: the rounds drift together.
-        let floor = c
-            .cases
-            .iter()
-            .find(|r| r.scenario == k.scenario && r.forwarder == "reflector" && r.round == k.round)
-            .and_then(|r| program_ns(r.report.as_ref()?));
+        let floor = find_round(c, k.scenario, "reflector", k.round).and_then(program_ns);
         let _ = writeln!(
             o,
             "| {} | {} | {:.0} | {:.3} % | {} | {} |",
