@@ -52,7 +52,11 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     // First for the same reason: one value kept across the other lookups, where a lookup
     // between them would have the flow, its counters and the frame pointers spilled.
     let epoch = route_epoch();
-    let (slot, flow) = action(*SLUICE_PORTS.get(u32::from(u16::from_be(port(2))))?).ok()?;
+    let slot = SLUICE_PORTS.get(u32::from(u16::from_be(port(2))))?;
+    // SAFETY: both maps are arrays of the types read, the indices are map values, and actions
+    // are never written while a port entry points at them. An empty port entry is slot 0,
+    // never used by a flow and all zero, so it fails the family check below.
+    let flow = unsafe { &*lookup_at::<_, FlowAction>(&SLUICE_ACTIONS, slot)? };
     // The flow of this address and port (else it is in the hash), from its latched source
     // (else the general path counts the mismatch).
     if flow.family != F::FAMILY
@@ -63,11 +67,11 @@ fn forward_ip<F: Family>(ctx: &XdpContext, data: usize, end: usize) -> Option<u3
     {
         return None;
     }
-    let stats = SLUICE_FLOW_STATS.get_ptr_mut(flow.stats_slot)?;
-    // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
-    let stats = unsafe { &mut *stats };
+    // SAFETY: as above; this CPU's copy of the slot, which nothing else writes while the program
+    // runs here.
+    let stats = unsafe { &mut *lookup_at::<_, FlowStats>(&SLUICE_FLOW_STATS, &flow.stats_slot)? };
     let route = &stats.route;
-    if route.slot != slot
+    if route.slot != flow.slot
         || route.epoch != epoch
         || route.tagged != 0
         || route.ingress != ctx.ingress_ifindex() as u32

@@ -34,8 +34,8 @@ use aya_ebpf::{
 };
 use sluice_common::{
     Counter, DEFAULT_MAX_FLOWS, FAMILY_V4, FAMILY_V6, FLOW_RTP, FlowAction, FlowKey, FlowStats,
-    MAX_DEVICES, PORT_SLOTS, ROUTE_NONE, ROUTE_REDIRECT, ROUTE_TX, ROUTE_TX_VLAN, RouteCache,
-    STAT_SLOTS, Stat, VlanDev,
+    MAX_DEVICES, NO_FLOW_SLOT, PORT_SLOTS, ROUTE_NONE, ROUTE_REDIRECT, ROUTE_TX, ROUTE_TX_VLAN,
+    RouteCache, STAT_SLOTS, Stat, VlanDev,
     csum::{self, fold},
     track_seq,
 };
@@ -71,7 +71,7 @@ static SLUICE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(STAT_S
 static SLUICE_PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map(name = "SLUICE_ACTIONS")]
-static SLUICE_ACTIONS: Array<FlowAction> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS, 0);
+static SLUICE_ACTIONS: Array<FlowAction> = Array::with_max_entries(2 * DEFAULT_MAX_FLOWS + 1, 0);
 
 /// Plain HASH, not LRU: an entry lives exactly as long as its flow.
 #[map(name = "SLUICE_FLOWS")]
@@ -464,12 +464,36 @@ fn is_for<F: Family>(ctx: &XdpContext, l3: usize, port: u16, flow: &FlowAction) 
         && F::is(ctx, l3 + F::DST, &flow.local)
 }
 
-/// The slot and action a lookup entry (`1 + slot`, 0: none) points at.
+/// The slot and action a lookup entry (the slot; 0: none) points at.
 #[inline(always)]
-fn action(entry: u32) -> Result<(u32, &'static FlowAction), Stat> {
-    let slot = entry.checked_sub(1).ok_or(Stat::PassNoFlow)?;
+fn action(slot: u32) -> Result<(u32, &'static FlowAction), Stat> {
+    if slot == NO_FLOW_SLOT {
+        return Err(Stat::PassNoFlow);
+    }
     let flow = SLUICE_ACTIONS.get(slot).ok_or(Stat::PassNoFlow)?;
     Ok((slot, flow))
+}
+
+/// `bpf_map_lookup_elem` on an array with the index read where it already is, in another
+/// map's value, instead of from a copy the caller stores on the stack: in a chain of lookups
+/// (port entry, action, counters) each copy is a store and a load the next lookup waits for,
+/// and the value is in a map either way. The verifier accepts a map value as the key and
+/// still inlines array lookups.
+///
+/// # Safety
+/// `map` is one of this program's array maps with values of type `T`, and `index` points into a
+/// map value.
+#[inline(always)]
+unsafe fn lookup_at<M, T>(map: &M, index: &u32) -> Option<*mut T> {
+    // SAFETY: aya-ebpf's map types are `repr(transparent)` over the map definition, so the
+    // static's address is what its own lookups pass; the caller vouches for the rest.
+    let value = unsafe {
+        aya_ebpf::helpers::bpf_map_lookup_elem(
+            core::ptr::from_ref(map).cast_mut().cast(),
+            core::ptr::from_ref(index).cast(),
+        )
+    };
+    (!value.is_null()).then_some(value.cast())
 }
 
 /// Next hop and egress device of the rewritten packet, and its MACs: from this CPU's cache

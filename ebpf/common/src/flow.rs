@@ -6,17 +6,22 @@
 //! port belongs to one local address in the common case; when several local addresses use the
 //! same port, [`PORTS_MAP`] points at one of them and [`FLOWS_MAP`] holds the others.
 
-/// Array of `u32` indexed by UDP destination port (host order): 0 = no flow on this port,
-/// else 1 + the [`ACTIONS_MAP`] slot of a flow on it.
+/// Array of `u32` indexed by UDP destination port (host order): the [`ACTIONS_MAP`] slot of a
+/// flow on the port, or [`NO_FLOW_SLOT`].
 pub const PORTS_MAP: &str = "SLUICE_PORTS";
+/// The [`ACTIONS_MAP`] slot no flow ever uses: an empty lookup entry (0) points at it, and its
+/// action stays all zero, which matches no packet (family 0). The program can then use an
+/// entry as the action's index where it stands, without first testing it.
+pub const NO_FLOW_SLOT: u32 = 0;
 /// Entries of [`PORTS_MAP`]: one per port.
 pub const PORT_SLOTS: u32 = 65_536;
 /// Array of [`FlowAction`]. The daemon never rewrites the slot a flow is using: a changed flow
 /// gets a fresh slot, then its port entry is pointed at it, so the program never reads half an
-/// update. Sized at twice the flow capacity; freed slots are reused oldest first.
+/// update. Sized at twice the flow capacity (plus [`NO_FLOW_SLOT`]); freed slots are reused
+/// oldest first.
 pub const ACTIONS_MAP: &str = "SLUICE_ACTIONS";
-/// Hash of [`FlowKey`] to `1 +` the [`ACTIONS_MAP`] slot, for the flows whose port
-/// [`PORTS_MAP`] gives to another local address.
+/// Hash of [`FlowKey`] to the [`ACTIONS_MAP`] slot, for the flows whose port [`PORTS_MAP`]
+/// gives to another local address.
 pub const FLOWS_MAP: &str = "SLUICE_FLOWS";
 /// Per-CPU array of [`FlowStats`], indexed by [`FlowAction::stats_slot`].
 pub const FLOW_STATS_MAP: &str = "SLUICE_FLOW_STATS";
@@ -118,10 +123,14 @@ pub struct FlowAction {
     pub new_pseudo: u16,
     /// Index into [`FLOW_STATS_MAP`].
     pub stats_slot: u32,
+    /// The [`ACTIONS_MAP`] slot this action is written in (the daemon sets it as it writes
+    /// the action), which a route cache is checked against: the program may read a port entry
+    /// twice, and the daemon may repoint it in between, where this comes with the action used.
+    pub slot: u32,
     /// The port of the flow's key, checked with `local` on every lookup: a port entry read
     /// while the daemon rewrites it can only ever lead to this flow or to no flow.
     pub local_port: [u8; 2],
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Per-flow counters; each CPU has its own copy, userspace merges them.
@@ -223,7 +232,7 @@ mod tests {
     #[test]
     fn layouts_have_no_hidden_padding() {
         assert_eq!(core::mem::size_of::<FlowKey>(), 24);
-        assert_eq!(core::mem::size_of::<FlowAction>(), 88);
+        assert_eq!(core::mem::size_of::<FlowAction>(), 96);
         assert_eq!(core::mem::size_of::<RouteCache>(), 32);
         assert_eq!(core::mem::size_of::<FlowStats>(), 64);
         assert_eq!(core::mem::size_of::<VlanDev>(), 8);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
-use sluice_common::{FLOW_RTP, FlowAction, FlowKey, FlowStats, v4_padded};
+use sluice_common::{FLOW_RTP, FlowAction, FlowKey, FlowStats, NO_FLOW_SLOT, v4_padded};
 
 use super::XdpError;
 use super::lookup::{FlowIndex, LookupError, LookupMaps};
@@ -448,8 +448,10 @@ fn flow_action(spec: &FlowSpec, slot: u32, ttl: u8) -> Option<FlowAction> {
         },
         csum_delta,
         stats_slot: slot,
+        // FlowIndex::upsert fills in the slot the action goes to.
+        slot: NO_FLOW_SLOT,
         local_port: spec.local.port().to_be_bytes(),
-        _pad: [0; 2],
+        _pad: [0; 6],
     })
 }
 

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use sluice_common::{FlowAction, FlowKey};
+use sluice_common::{FlowAction, FlowKey, NO_FLOW_SLOT};
 
-/// The three kernel maps the program's flow lookup reads. Values are `1 + slot`, 0 = none.
+/// The three kernel maps the program's flow lookup reads. Values are action slots;
+/// [`NO_FLOW_SLOT`] (0) = none.
 pub trait LookupMaps {
     type Error;
     fn set_action(&mut self, slot: u32, action: &FlowAction) -> Result<(), Self::Error>;
@@ -37,7 +38,8 @@ pub struct FlowIndex {
 impl FlowIndex {
     pub fn new(action_slots: u32) -> FlowIndex {
         FlowIndex {
-            free: (0..action_slots).collect(),
+            // The empty entry's slot is never handed out: its action stays all zero.
+            free: (NO_FLOW_SLOT + 1..action_slots).collect(),
             slots: HashMap::new(),
             by_port: HashMap::new(),
         }
@@ -53,16 +55,16 @@ impl FlowIndex {
         action: &FlowAction,
     ) -> Result<(), LookupError<M::Error>> {
         let slot = self.free.pop_front().ok_or(LookupError::Full)?;
-        if let Err(e) = maps.set_action(slot, action) {
+        if let Err(e) = maps.set_action(slot, &FlowAction { slot, ..*action }) {
             self.free.push_front(slot);
             return Err(LookupError::Map(e));
         }
         let port = key.port();
         let owners = self.by_port.get(&port);
         let published = if owners.and_then(|o| o.first()).is_none_or(|k| *k == key) {
-            maps.set_port(port, slot + 1)
+            maps.set_port(port, slot)
         } else {
-            maps.insert_hash(&key, slot + 1)
+            maps.insert_hash(&key, slot)
         };
         if let Err(e) = published {
             self.free.push_front(slot);
@@ -101,11 +103,11 @@ impl FlowIndex {
         let result = if pos > 0 {
             maps.remove_hash(key)
         } else if let Some(next) = owners.first() {
-            let next_slot = self.slots.get(next).copied().unwrap_or(0);
-            maps.set_port(port, next_slot + 1)
+            let next_slot = self.slots.get(next).copied().unwrap_or(NO_FLOW_SLOT);
+            maps.set_port(port, next_slot)
                 .and_then(|()| maps.remove_hash(next))
         } else {
-            maps.set_port(port, 0)
+            maps.set_port(port, NO_FLOW_SLOT)
         };
         if owners.is_empty() {
             self.by_port.remove(&port);
@@ -163,14 +165,17 @@ mod tests {
     impl Fake {
         /// The program's `find`: port entry if its action is for this address, else the hash.
         fn find(&self, key: &FlowKey) -> Option<FlowAction> {
-            let value = *self.ports.get(&key.port()).filter(|v| **v != 0)?;
-            let first = self.actions[&(value - 1)];
+            let value = *self
+                .ports
+                .get(&key.port())
+                .filter(|v| **v != NO_FLOW_SLOT)?;
+            let first = self.actions[&value];
             if first.local == key.addr && first.family == key.family && first.local_port == key.port
             {
                 return Some(first);
             }
             let value = *self.hash.get(key)?;
-            Some(self.actions[&(value - 1)])
+            Some(self.actions[&value])
         }
     }
 
@@ -201,13 +206,19 @@ mod tests {
 
     #[test]
     fn a_change_goes_to_a_fresh_slot_and_the_old_one_is_reused_last() {
-        let (mut maps, mut index) = (Fake::default(), FlowIndex::new(3));
+        // Slots 1-3: slot 0 is the empty entry's.
+        let (mut maps, mut index) = (Fake::default(), FlowIndex::new(4));
         let a = FlowKey::v4([198, 18, 1, 1], 30_000);
         index.upsert(&mut maps, a, &action(&a, 1)).unwrap();
         let first = maps.ports[&30_000];
+        assert_eq!(first, 1);
+        assert_eq!(
+            maps.actions[&first].slot, first,
+            "an action names its own slot"
+        );
         index.upsert(&mut maps, a, &action(&a, 2)).unwrap();
         assert_ne!(maps.ports[&30_000], first, "rewritten in place");
-        assert_eq!(maps.actions[&(first - 1)].ttl, 1, "old slot untouched");
+        assert_eq!(maps.actions[&first].ttl, 1, "old slot untouched");
         assert_eq!(maps.find(&a).map(|f| f.ttl), Some(2));
         // The first slot is free again, but behind the one never used.
         index.upsert(&mut maps, a, &action(&a, 3)).unwrap();
@@ -249,7 +260,8 @@ mod tests {
 
     #[test]
     fn failures_and_exhaustion_leave_the_index_consistent() {
-        let (mut maps, mut index) = (Fake::default(), FlowIndex::new(1));
+        // One usable slot besides the empty entry's.
+        let (mut maps, mut index) = (Fake::default(), FlowIndex::new(2));
         let a = FlowKey::v4([198, 18, 1, 1], 30_000);
         let b = FlowKey::v4([198, 18, 1, 1], 30_002);
         maps.fail = true;

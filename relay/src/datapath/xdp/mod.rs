@@ -116,7 +116,7 @@ impl FastPath {
         let max_flows = max_flows.max(1);
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(FLOWS_MAP, max_flows)
-            .map_max_entries(ACTIONS_MAP, max_flows.saturating_mul(2))
+            .map_max_entries(ACTIONS_MAP, max_flows.saturating_mul(2).saturating_add(1))
             .map_max_entries(FLOW_STATS_MAP, max_flows)
             .load(PROGRAM_OBJECT)?;
         program_mut(&mut ebpf)?.load()?;
