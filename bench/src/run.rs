@@ -17,6 +17,7 @@ use crate::scenario::steady::{self, SteadyOptions};
 use crate::signal::Protocol;
 use crate::testbed::{Placement, Testbed};
 use crate::topo::Shape;
+use sluice::datapath::xdp::aux_prog::AuxKind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -34,6 +35,33 @@ pub enum Target {
     /// No relay: the minimal XDP_TX reflector on the relay's devices turns every packet
     /// around to its sender (flood on `--net netns`: the floor for any forwarder's cost).
     Reflector,
+    /// No relay: the same reflector sending with a DEVMAP redirect to the ingress device, the
+    /// helper the fast path uses when a flow leaves through another device (the floor for a
+    /// redirecting forwarder).
+    ReflectorRedirect,
+}
+
+impl Target {
+    /// The reflector program this target attaches, if it is one.
+    fn reflector(self) -> Option<AuxKind> {
+        match self {
+            Target::Reflector => Some(AuxKind::Reflect),
+            Target::ReflectorRedirect => Some(AuxKind::ReflectRedirect),
+            _ => None,
+        }
+    }
+}
+
+/// Where the relay's devices run their receive processing (NAPI), which is where XDP runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum Napi {
+    /// In softirq, on the CPU that queued the frame: on a veth, that is the sender's, right
+    /// after each send, so every program run follows the generator's send path.
+    #[default]
+    Softirq,
+    /// In a kernel thread per device queue: frames queued while it runs are processed back to
+    /// back, as a NIC's receive batches are, with the generator's work out of the way.
+    Threaded,
 }
 
 /// Where the traffic flows.
@@ -177,6 +205,9 @@ pub struct RunArgs {
     /// Where the traffic flows (flood and steady; control always runs on loopback).
     #[arg(long, value_enum, default_value = "loopback")]
     pub net: Net,
+    /// With --net netns|one-arm: where the relay's devices do their receive processing.
+    #[arg(long, value_enum, default_value = "softirq")]
+    pub napi: Napi,
     /// steady: concurrent calls [default 1000]; flood: calls [default 4].
     #[arg(long)]
     pub calls: Option<usize>,
@@ -253,7 +284,9 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
                 pid: None,
             }
         }
-        (_, Target::Reflector) => bail!("--target reflector only works with --scenario flood"),
+        (_, Target::Reflector | Target::ReflectorRedirect) => {
+            bail!("--target reflector* only works with --scenario flood")
+        }
         (Some(_), Target::SluiceGrpc) => bail!("--target sluice-grpc starts its own relay"),
         (Some(spec), _) => Relay::Connected {
             rtpp: relay::parse_connect(spec)?,
@@ -401,6 +434,7 @@ pub fn execute(a: &RunArgs) -> Result<Report> {
             Target::RtpengineNg => "rtpengine-ng".into(),
             Target::Direct => "direct (no relay)".into(),
             Target::Reflector => "xdp reflector (no relay)".into(),
+            Target::ReflectorRedirect => "xdp redirecting reflector (no relay)".into(),
         },
         date_utc: crate::report::date_utc(),
         git_commit: crate::report::git_commit(),
@@ -453,17 +487,21 @@ fn rtpengine_options(a: &RunArgs) -> RtpengineOptions {
 /// `--scenario flood` (loopback or the namespace topology; a relay or the XDP reflector) and
 /// `--scenario steady --net netns`.
 fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
+    if a.napi == Napi::Threaded && a.net == Net::Loopback {
+        bail!("--napi threaded needs --net netns or one-arm");
+    }
     let mut bed = a.net.shape().map(Testbed::up).transpose()?;
     let place = bed.as_ref().map_or_else(Placement::loopback, Placement::on);
     let relay_ns = place.relay_ns.clone();
     let mut relay = None;
     let mut engine: Option<RtpengineProcess> = None;
     let (forwarder, progs, info) = match (a.target, &a.connect) {
-        (Target::Reflector, _) => {
-            let bed = bed
-                .as_mut()
-                .context("--target reflector needs --net netns (it runs on the relay's veths)")?;
-            let ids = bed.attach_reflectors()?;
+        (Target::Reflector | Target::ReflectorRedirect, _) => {
+            let kind = a.target.reflector().unwrap_or(AuxKind::Reflect);
+            let bed = bed.as_mut().context(
+                "--target reflector* needs --net netns or one-arm (it runs on the relay's veths)",
+            )?;
+            let ids = bed.attach_reflectors(kind)?;
             let progs = bed
                 .topo()
                 .relay_devs()
@@ -472,7 +510,10 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
                 .zip(ids)
                 .collect();
             let info = RelayInfo {
-                mode: "xdp reflector".into(),
+                mode: match kind {
+                    AuxKind::ReflectRedirect => "xdp reflector, redirect".into(),
+                    _ => "xdp reflector".into(),
+                },
                 bin: None,
                 pid: None,
                 rtpp: String::new(),
@@ -586,6 +627,12 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
              loopback via --connect, or the reflector (--net netns); not {target:?}"
         ),
     };
+    // Only now: a veth has NAPI instances (and so something to thread) once XDP is attached.
+    if a.napi == Napi::Threaded
+        && let Some(bed) = &bed
+    {
+        bed.thread_relay_napi()?;
+    }
     let o = FloodOptions {
         calls: a.calls.unwrap_or(4),
         rate: a.rate,
@@ -643,6 +690,9 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
         scenario: format!("{:?}", a.scenario).to_lowercase(),
         target: match a.target {
             Target::Reflector => format!("xdp reflector (no relay), {}", a.net.name()),
+            Target::ReflectorRedirect => {
+                format!("xdp redirecting reflector (no relay), {}", a.net.name())
+            }
             Target::RtpengineNg => format!("rtpengine-ng, {}", a.net.name()),
             _ if a.connect.is_some() => "rtpproxy protocol relay (connected)".into(),
             _ => format!("sluice-rtpp, xdp {}, {}", a.xdp, a.net.name()),

@@ -83,20 +83,53 @@ impl Testbed {
         &self.topo
     }
 
-    /// Attaches the reflector to the relay's devices; returns their program ids.
-    pub fn attach_reflectors(&mut self) -> Result<Vec<u32>> {
+    /// Attaches a reflector to the relay's devices; returns their program ids.
+    pub fn attach_reflectors(&mut self, kind: AuxKind) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         for &dev in self.topo.relay_devs() {
             let reflector = self
                 .topo
                 .run_in(Role::Relay, || {
-                    AuxProgram::attach(AuxKind::Reflect, dev, AttachMode::Native)
+                    AuxProgram::attach(kind, dev, AttachMode::Native)
                 })?
                 .with_context(|| format!("XDP reflector on {dev}"))?;
             ids.push(reflector.program_id()?);
             self.reflectors.push(reflector);
         }
         Ok(ids)
+    }
+
+    /// Moves the receive processing (NAPI, where XDP runs) of the relay's devices into kernel
+    /// threads. On a veth the frames a socket sends are otherwise processed in softirq on the
+    /// sender's CPU straight after each send, so every program run follows the generator's
+    /// send path through the caches; in a thread, frames queued meanwhile are processed back
+    /// to back, as a NIC's receive batches are. Only after an XDP program is attached: a veth
+    /// has no NAPI instance before (the kernel then refuses with EIO, reported here).
+    pub fn thread_relay_napi(&self) -> Result<()> {
+        let ns = self.topo.ns(Role::Relay);
+        for &dev in self.topo.relay_devs() {
+            // sysfs shows the devices of the namespace it was mounted in; `ip netns exec`
+            // mounts the relay's.
+            let path = format!("/sys/class/net/{dev}/threaded");
+            let out = std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "sh",
+                    "-c",
+                    &format!("echo 1 > {path}"),
+                ])
+                .output()
+                .context("running ip netns exec")?;
+            if !out.status.success() {
+                anyhow::bail!(
+                    "threaded NAPI on {dev} in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The namespace of `role`.

@@ -1,6 +1,7 @@
-//! The auxiliary XDP programs through BPF_PROG_TEST_RUN: the reflector turns UDP packets around
-//! with every checksum still valid, and passes what it does not handle; the pass program passes.
-//! Needs root (loading BPF programs); no namespace.
+//! The auxiliary XDP programs through BPF_PROG_TEST_RUN: the reflectors turn UDP packets around
+//! with every checksum still valid (one with XDP_TX, one with a DEVMAP redirect to the ingress
+//! device), and pass what they do not handle; the pass program passes. Needs root (loading BPF
+//! programs); no namespace.
 
 mod common;
 use common::{fold, sum16};
@@ -9,8 +10,12 @@ use aya::programs::{TestRun, TestRunOptions};
 use sluice::datapath::xdp::aux_prog::{AuxKind, AuxProgram};
 use sluice_bench::privileged::privileged_or_skip;
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
+const XDP_REDIRECT: u32 = 4;
+/// The loopback device's ifindex: where a test run's frame comes in.
+const LOOPBACK_IFINDEX: u32 = 1;
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
 
@@ -144,4 +149,28 @@ fn reflector_turns_udp_around_and_passes_the_rest() {
     let pass = AuxProgram::load(AuxKind::Pass).expect("load the pass program");
     let input = frame(true, 5);
     assert_eq!(run(&pass, &input), (XDP_PASS, input));
+}
+
+#[test]
+fn redirecting_reflector_sends_back_through_the_device_map() {
+    if !privileged_or_skip("redirecting_reflector_sends_back_through_the_device_map") {
+        return;
+    }
+    let mut reflect =
+        AuxProgram::load(AuxKind::ReflectRedirect).expect("load the redirecting reflector");
+    let input = frame(false, 5);
+    // The ingress device is not in the map yet: the turned-around frame is dropped, never
+    // handed to the stack.
+    assert_eq!(run(&reflect, &input).0, XDP_DROP);
+    reflect
+        .allow_redirect_to(LOOPBACK_IFINDEX)
+        .expect("device map entry for lo");
+    for v6 in [false, true] {
+        let input = frame(v6, 5);
+        let (verdict, out) = run(&reflect, &input);
+        assert_eq!(verdict, XDP_REDIRECT, "v6={v6}");
+        assert_reflected(&input, &out, v6);
+    }
+    let input = frame(false, 6);
+    assert_eq!(run(&reflect, &input), (XDP_PASS, input));
 }

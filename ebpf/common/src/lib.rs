@@ -18,6 +18,11 @@ pub const PASS_PROGRAM: &str = "sluice_pass";
 /// ... and the minimal XDP_TX reflector: the per-packet floor any XDP forwarder is measured
 /// against (swaps MACs, IP addresses and UDP ports, so a UDP packet returns to its sender).
 pub const REFLECT_PROGRAM: &str = "sluice_reflect";
+/// ... and the same turn-around sent with a DEVMAP redirect to the ingress device: the floor for
+/// a forwarder that redirects (the fast path, when a flow leaves through another device).
+pub const REFLECT_REDIRECT_PROGRAM: &str = "sluice_reflect_redirect";
+/// The reflect-redirect program's DEVMAP_HASH (key and value: ifindex).
+pub const AUX_DEVMAP: &str = "SLUICE_AUX_DEVMAP";
 
 /// Name of the global per-CPU verdict/reason counter array.
 pub const STATS_MAP: &str = "SLUICE_STATS";

@@ -6,9 +6,18 @@
 //!   turn a UDP packet around (Ethernet, IPv4 without options or IPv6, UDP), swaps MACs, IP
 //!   addresses and ports, and returns XDP_TX. Swapping keeps every checksum valid (the one's
 //!   complement sum does not depend on the order of its words), so nothing is recomputed.
+//! - `sluice_reflect_redirect`: the same turn-around, sent back out of the ingress device with
+//!   `bpf_redirect_map` through a DEVMAP_HASH (the map type and helper the fast path uses when a
+//!   flow leaves through another device) instead of XDP_TX: the floor for a redirecting
+//!   forwarder. The harness puts the device's ifindex in `SLUICE_AUX_DEVMAP`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{map, xdp},
+    maps::DevMapHash,
+    programs::XdpContext,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -18,6 +27,9 @@ const IPPROTO_UDP: u8 = 17;
 const IPV4_PLAIN: u8 = 0x45;
 const IPV4_HLEN: usize = 20;
 const IPV6_HLEN: usize = 40;
+
+#[map(name = "SLUICE_AUX_DEVMAP")]
+static SLUICE_AUX_DEVMAP: DevMapHash = DevMapHash::with_max_entries(8, 0);
 
 #[xdp]
 pub fn sluice_pass(_ctx: XdpContext) -> u32 {
@@ -29,6 +41,19 @@ pub fn sluice_reflect(ctx: XdpContext) -> u32 {
     match reflect(&ctx) {
         Some(()) => xdp_action::XDP_TX,
         None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn sluice_reflect_redirect(ctx: XdpContext) -> u32 {
+    if reflect(&ctx).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    // A device missing from the map: the frame is already turned around, so drop it rather
+    // than hand the stack a packet addressed back to its sender.
+    match SLUICE_AUX_DEVMAP.redirect(ctx.ingress_ifindex() as u32, 0) {
+        Ok(verdict) => verdict,
+        Err(_) => xdp_action::XDP_DROP,
     }
 }
 

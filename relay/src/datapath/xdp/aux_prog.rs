@@ -1,12 +1,14 @@
 //! The auxiliary XDP programs (`ebpf/src/bin/aux.rs`), for tests and benchmarks: a pass-through
-//! for the receiving end of a veth pair, and the minimal XDP_TX reflector that is the floor for
-//! the fast path's per-packet cost. The daemon never attaches them.
+//! for the receiving end of a veth pair, and the minimal reflectors (XDP_TX, and DEVMAP
+//! redirect to the ingress device) that are the floor for the fast path's per-packet cost. The
+//! daemon never attaches them.
 
 use std::ffi::CString;
 
 use aya::Ebpf;
+use aya::maps::DevMapHash;
 use aya::programs::Xdp;
-use sluice_common::{PASS_PROGRAM, REFLECT_PROGRAM};
+use sluice_common::{AUX_DEVMAP, PASS_PROGRAM, REFLECT_PROGRAM, REFLECT_REDIRECT_PROGRAM};
 
 use super::{AttachMode, XdpError};
 
@@ -19,6 +21,8 @@ pub enum AuxKind {
     Pass,
     /// Turns UDP packets around with XDP_TX (MACs, addresses and ports swapped).
     Reflect,
+    /// The same turn-around, sent with `bpf_redirect_map` to the ingress device.
+    ReflectRedirect,
 }
 
 impl AuxKind {
@@ -26,6 +30,7 @@ impl AuxKind {
         match self {
             AuxKind::Pass => PASS_PROGRAM,
             AuxKind::Reflect => REFLECT_PROGRAM,
+            AuxKind::ReflectRedirect => REFLECT_REDIRECT_PROGRAM,
         }
     }
 }
@@ -57,6 +62,14 @@ impl AuxProgram {
             return Err(XdpError::InterfaceName(interface.to_owned()));
         }
         let mut aux = AuxProgram::load(kind)?;
+        if kind == AuxKind::ReflectRedirect {
+            let ifindex =
+                nix::net::if_::if_nametoindex(interface).map_err(|e| XdpError::Device {
+                    name: interface.to_owned(),
+                    source: e.into(),
+                })?;
+            aux.allow_redirect_to(ifindex)?;
+        }
         program_mut(&mut aux.ebpf, kind)?
             .attach(interface, mode.into())
             .map_err(|source| XdpError::Attach {
@@ -65,6 +78,17 @@ impl AuxProgram {
                 source,
             })?;
         Ok(aux)
+    }
+
+    /// Puts `ifindex` in the reflect-redirect program's device map, so packets arriving on it
+    /// are redirected back out of it (also what BPF_PROG_TEST_RUN needs for a redirect).
+    pub fn allow_redirect_to(&mut self, ifindex: u32) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(AUX_DEVMAP)
+            .ok_or(XdpError::MissingMap(AUX_DEVMAP))?;
+        DevMapHash::try_from(map)?.insert(ifindex, ifindex, None, 0)?;
+        Ok(())
     }
 
     /// The loaded program, e.g. for BPF_PROG_TEST_RUN.
