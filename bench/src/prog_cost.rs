@@ -11,7 +11,8 @@
 //! check, cached route, rewrite, checksums, redirect). A second pair does the same on the
 //! caller link alone (198.18.1.3 and .4 stand in for two remotes there), so its packets go back
 //! out of the device they came in on: the XDP_TX verdict of a one-armed relay, the same
-//! verdict as the reflector's.
+//! verdict as the reflector's. The redirecting reflector (the same turn-around sent with a
+//! DEVMAP redirect to the ingress device) is the floor for the redirect verdict.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -62,8 +63,11 @@ pub struct ProgCost {
     pub sluice_ns: f64,
     /// Packets of a flow that leaves through the device it came in on (XDP_TX).
     pub sluice_tx_ns: f64,
-    /// The same four (pass-through, reflector, redirect, XDP_TX) from bpf_stats.
-    pub stats_ns: [f64; 4],
+    /// The reflector sending with a DEVMAP redirect instead of XDP_TX.
+    pub reflector_redirect_ns: f64,
+    /// The same five (pass-through, reflector, redirect, XDP_TX, redirecting reflector) from
+    /// bpf_stats.
+    pub stats_ns: [f64; 5],
     pub rounds: usize,
     pub repeat: u32,
 }
@@ -75,7 +79,9 @@ impl ProgCost {
              (as the test run reports it; and from bpf_stats, which adds two clock reads):\n  \
              pass-through           {:5.1}          {:5.1}\n  \
              XDP_TX reflector       {:5.1}          {:5.1}\n  \
-             sluice_xdp, redirect   {:5.1} {:5.2}x   {:5.1} {:5.2}x the reflector\n  \
+             redirect reflector     {:5.1}          {:5.1}\n  \
+             sluice_xdp, redirect   {:5.1} {:5.2}x   {:5.1} {:5.2}x the reflector \
+             ({:.2}x the redirect reflector)\n  \
              sluice_xdp, XDP_TX     {:5.1} {:5.2}x   {:5.1} {:5.2}x the reflector\n",
             self.rounds,
             self.repeat,
@@ -83,10 +89,13 @@ impl ProgCost {
             self.stats_ns[0],
             self.reflector_ns,
             self.stats_ns[1],
+            self.reflector_redirect_ns,
+            self.stats_ns[4],
             self.sluice_ns,
             self.sluice_ns / self.reflector_ns,
             self.stats_ns[2],
             self.stats_ns[2] / self.stats_ns[1],
+            self.stats_ns[2] / self.stats_ns[4],
             self.sluice_tx_ns,
             self.sluice_tx_ns / self.reflector_ns,
             self.stats_ns[3],
@@ -149,6 +158,8 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
             .apply(stream + 1, &[flow(d, c, b, a)], &shared)?;
     }
     let reflector = AuxProgram::load(AuxKind::Reflect)?;
+    let mut reflector_redirect = AuxProgram::load(AuxKind::ReflectRedirect)?;
+    reflector_redirect.allow_redirect_to(caller_if)?;
     let pass = AuxProgram::load(AuxKind::Pass)?;
 
     let frame_redirect = frame(caller, relay_a, args.payload);
@@ -171,8 +182,8 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
             }
         }
     }
-    let mut samples: [Vec<f64>; 4] = Default::default();
-    let mut stats_samples: [Vec<f64>; 4] = Default::default();
+    let mut samples: [Vec<f64>; 5] = Default::default();
+    let mut stats_samples: [Vec<f64>; 5] = Default::default();
     // Each round twice: the test run's own timing without bpf_stats (whose clock reads would
     // be in it), then bpf_stats' timing.
     for with_stats in (0..args.rounds).flat_map(|_| [false, true]) {
@@ -182,6 +193,7 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
             (reflector.program()?, &frame_redirect, XDP_TX),
             (sluice, &frame_redirect, XDP_REDIRECT),
             (sluice, &frame_tx, XDP_TX),
+            (reflector_redirect.program()?, &frame_redirect, XDP_REDIRECT),
         ]
         .into_iter()
         .enumerate()
@@ -204,13 +216,20 @@ fn measure(args: &ProgCostArgs) -> anyhow::Result<ProgCost> {
             bail!("sluice_xdp forwarded {forwarded} of {expected} runs with {stat:?}");
         }
     }
-    let [pass_ns, reflector_ns, sluice_ns, sluice_tx_ns] = samples.map(|mut s| median(&mut s));
+    let [
+        pass_ns,
+        reflector_ns,
+        sluice_ns,
+        sluice_tx_ns,
+        reflector_redirect_ns,
+    ] = samples.map(|mut s| median(&mut s));
     let stats_ns = stats_samples.map(|mut s| median(&mut s));
     Ok(ProgCost {
         pass_ns,
         reflector_ns,
         sluice_ns,
         sluice_tx_ns,
+        reflector_redirect_ns,
         stats_ns,
         rounds: args.rounds,
         repeat: args.repeat,

@@ -19,12 +19,17 @@ fn measures_the_fast_path_and_the_reflector_side_by_side() {
     })
     .expect("prog-cost");
     assert!(
-        cost.reflector_ns > 0.0 && cost.sluice_ns > 0.0 && cost.sluice_tx_ns > 0.0,
+        cost.reflector_ns > 0.0
+            && cost.reflector_redirect_ns > 0.0
+            && cost.sluice_ns > 0.0
+            && cost.sluice_tx_ns > 0.0,
         "{cost:?}"
     );
     assert!(
         cost.sluice_ns >= cost.pass_ns && cost.sluice_tx_ns >= cost.pass_ns,
         "forwarding cannot be cheaper than passing: {cost:?}"
     );
+    assert!(cost.stats_ns.iter().all(|&ns| ns > 0.0), "{cost:?}");
     assert!(cost.human().contains("sluice_xdp, XDP_TX"));
+    assert!(cost.human().contains("redirect reflector"));
 }
