@@ -41,17 +41,6 @@ pub enum Target {
     ReflectorRedirect,
 }
 
-impl Target {
-    /// The reflector program this target attaches, if it is one.
-    fn reflector(self) -> Option<AuxKind> {
-        match self {
-            Target::Reflector => Some(AuxKind::Reflect),
-            Target::ReflectorRedirect => Some(AuxKind::ReflectRedirect),
-            _ => None,
-        }
-    }
-}
-
 /// Where the relay's devices run their receive processing (NAPI), which is where XDP runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Napi {
@@ -497,7 +486,10 @@ fn execute_media(a: &RunArgs, machine: Machine) -> Result<Report> {
     let mut engine: Option<RtpengineProcess> = None;
     let (forwarder, progs, info) = match (a.target, &a.connect) {
         (Target::Reflector | Target::ReflectorRedirect, _) => {
-            let kind = a.target.reflector().unwrap_or(AuxKind::Reflect);
+            let kind = match a.target {
+                Target::ReflectorRedirect => AuxKind::ReflectRedirect,
+                _ => AuxKind::Reflect,
+            };
             let bed = bed.as_mut().context(
                 "--target reflector* needs --net netns or one-arm (it runs on the relay's veths)",
             )?;

@@ -374,7 +374,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     if usize::from(udp_len) < UDP_HLEN || !in_bounds(ctx, l4, usize::from(udp_len)) {
         return Err(Stat::PassTruncated);
     }
-    let (slot, flow) = find::<F>(ctx, l3, udp[1])?;
+    let flow = find::<F>(ctx, l3, udp[1])?;
     if !F::is(ctx, l3 + F::SRC, &flow.src) || udp[0] != u16::from_ne_bytes(flow.src_port) {
         return Err(Stat::PassSourceMismatch);
     }
@@ -385,7 +385,7 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
         .ok_or(Stat::PassNoFlow)?;
     // SAFETY: this CPU's copy of the slot; nothing else writes it while the program runs here.
     let stats = unsafe { &mut *stats };
-    let (egress, macs) = route::<F>(ctx, slot, flow, vlan, ip_len, &mut stats.route)?;
+    let (egress, macs) = route::<F>(ctx, flow, vlan, ip_len, &mut stats.route)?;
     let new_ports = [
         u16::from_ne_bytes(flow.new_src_port),
         u16::from_ne_bytes(flow.new_dst_port),
@@ -416,20 +416,16 @@ fn forward<F: Family>(ctx: &XdpContext, l3: usize, vlan: Option<u16>) -> Result<
     })
 }
 
-/// The flow for the packet's destination (`port` in network order) and its action slot: the
-/// port's entry, unless another local address owns the port, then the hash.
+/// The flow for the packet's destination (`port` in network order): the port's entry, unless
+/// another local address owns the port, then the hash.
 #[inline(always)]
-fn find<F: Family>(
-    ctx: &XdpContext,
-    l3: usize,
-    port: u16,
-) -> Result<(u32, &'static FlowAction), Stat> {
-    let entry = *SLUICE_PORTS
+fn find<F: Family>(ctx: &XdpContext, l3: usize, port: u16) -> Result<&'static FlowAction, Stat> {
+    let slot = *SLUICE_PORTS
         .get(u32::from(u16::from_be(port)))
         .ok_or(Stat::PassNoFlow)?;
-    let (slot, flow) = action(entry)?;
+    let flow = action(slot)?;
     if is_for::<F>(ctx, l3, port, flow) {
-        return Ok((slot, flow));
+        return Ok(flow);
     }
     // The key built as words in an 8-aligned buffer: byte arrays on the stack would be
     // accessed misaligned (see the crate docs) and padding filled by a memset call.
@@ -446,10 +442,10 @@ fn find<F: Family>(
     // SAFETY: [u64; 3] has FlowKey's size and alignment and every byte initialised.
     let key = unsafe { &*key.as_ptr().cast::<FlowKey>() };
     // SAFETY: the value is a plain u32, read once.
-    let entry = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
-    action(*entry).and_then(|(slot, flow)| {
+    let slot = unsafe { SLUICE_FLOWS.get(key) }.ok_or(Stat::PassNoFlow)?;
+    action(*slot).and_then(|flow| {
         if is_for::<F>(ctx, l3, port, flow) {
-            Ok((slot, flow))
+            Ok(flow)
         } else {
             Err(Stat::PassNoFlow)
         }
@@ -464,14 +460,13 @@ fn is_for<F: Family>(ctx: &XdpContext, l3: usize, port: u16, flow: &FlowAction) 
         && F::is(ctx, l3 + F::DST, &flow.local)
 }
 
-/// The slot and action a lookup entry (the slot; 0: none) points at.
+/// The action a lookup entry (its slot; 0: none) points at.
 #[inline(always)]
-fn action(slot: u32) -> Result<(u32, &'static FlowAction), Stat> {
+fn action(slot: u32) -> Result<&'static FlowAction, Stat> {
     if slot == NO_FLOW_SLOT {
         return Err(Stat::PassNoFlow);
     }
-    let flow = SLUICE_ACTIONS.get(slot).ok_or(Stat::PassNoFlow)?;
-    Ok((slot, flow))
+    SLUICE_ACTIONS.get(slot).ok_or(Stat::PassNoFlow)
 }
 
 /// `bpf_map_lookup_elem` on an array with the index read where it already is, in another
@@ -502,7 +497,6 @@ unsafe fn lookup_at<M, T>(map: &M, index: &u32) -> Option<*mut T> {
 #[inline(always)]
 fn route<F: Family>(
     ctx: &XdpContext,
-    slot: u32,
     flow: &FlowAction,
     vlan: Option<u16>,
     ip_len: u16,
@@ -512,7 +506,7 @@ fn route<F: Family>(
     let epoch = route_epoch();
     if cache.kind != ROUTE_NONE
         && cache.epoch == epoch
-        && cache.slot == slot
+        && cache.slot == flow.slot
         && cache.ingress == ingress
         && (cache.tagged != 0) == vlan.is_some()
     {
@@ -537,7 +531,7 @@ fn route<F: Family>(
     };
     *cache = RouteCache {
         epoch,
-        slot,
+        slot: flow.slot,
         ingress,
         ifindex,
         macs: decided.1,
