@@ -13,6 +13,13 @@
 //!   routed topology.
 //! - `flood-max`: the same unpaced: what each forwarder delivers when the generator pushes as
 //!   hard as it can, and the loss.
+//! - `load-routed` and `load-one-arm`: the program-cost comparison in the regime where the
+//!   program's cost decides throughput: unpaced, with the relay devices' receive processing in
+//!   kernel threads (`--napi threaded`), so frames are processed back to back as a NIC's
+//!   receive batches are. Routed, Sluice redirects, so the redirecting reflector is its
+//!   same-verdict floor next to the XDP_TX one; one-armed, both answer with XDP_TX.
+//! - The XDP program cost through BPF_PROG_TEST_RUN (`prog-cost`), which needs no traffic and
+//!   is the quietest of the three program-cost measurements.
 //! - `control`: offer + answer + delete cycles per second at concurrency 16 (loopback).
 //! - `steady`: concurrent 50 pps calls with RTCP on the namespace topology: the realistic load,
 //!   relay and machine CPU per packet, latency.
@@ -26,6 +33,7 @@ use clap::{Args, Parser};
 use serde::Serialize;
 
 use crate::charts;
+use crate::prog_cost::{self, ProgCost, ProgCostArgs};
 use crate::report::{Machine, Report};
 use crate::run::{RunArgs, execute};
 use crate::scenario::flood::FloodResult;
@@ -47,14 +55,19 @@ pub struct CompareArgs {
     pub no_rtpengine: bool,
 }
 
+/// Rounds of `prog-cost` (BPF_PROG_TEST_RUN) in the full and the quick matrix: each round is
+/// a fraction of a second.
+const PROG_COST_ROUNDS: (usize, usize) = (21, 7);
+
 /// One run of the matrix.
 #[derive(Debug, Clone, Serialize)]
 pub struct Case {
-    /// flood-rate, flood-one-arm, flood-max, control, steady.
+    /// flood-rate, flood-one-arm, flood-max, load-routed, load-one-arm, control, steady.
     pub scenario: &'static str,
-    /// reflector, sluice-xdp, sluice-user, sluice-grpc, rtpengine.
+    /// reflector, reflector-redirect, sluice-xdp, sluice-user, sluice-grpc, rtpengine.
     pub forwarder: &'static str,
-    /// flood-rate and flood-one-arm runs are repeated, alternating forwarders; 0 for the rest.
+    /// flood-rate, flood-one-arm and load-* runs are repeated, alternating forwarders; 0 for
+    /// the rest.
     pub round: u32,
     /// The equivalent `sluice-bench run` command line.
     pub command: String,
@@ -70,6 +83,8 @@ pub struct Comparison {
     pub quick: bool,
     pub machine: Machine,
     pub rtpengine: Option<String>,
+    /// The XDP program cost through BPF_PROG_TEST_RUN, or why it could not be measured.
+    pub prog_cost: Result<ProgCost, String>,
     pub cases: Vec<Case>,
 }
 
@@ -137,6 +152,26 @@ pub fn matrix(quick: bool, rtpengine: bool) -> Vec<MatrixCase> {
             cases.push(("flood-one-arm", *name, round, args));
         }
     }
+    let load_window = if quick { "3s" } else { "5s" };
+    let redirecting = ("reflector-redirect", vec!["--target", "reflector-redirect"]);
+    let (reflector, xdp) = (&forwarders[0], &forwarders[1]);
+    let load = [
+        ("load-routed", "netns", vec![reflector, &redirecting, xdp]),
+        ("load-one-arm", "one-arm", vec![reflector, xdp]),
+    ];
+    for round in 1..=rounds {
+        for (scenario, net, set) in &load {
+            for (name, target) in set {
+                let args = ["--scenario", "flood", "--net", net, "--napi", "threaded"]
+                    .iter()
+                    .chain(&["--warmup", warmup, "--duration", load_window])
+                    .chain(target)
+                    .map(|s| s.to_string())
+                    .collect();
+                cases.push((*scenario, *name, round, args));
+            }
+        }
+    }
     let mut control: Vec<(&str, &str)> = vec![
         ("sluice-user", "sluice-rtpp"),
         ("sluice-grpc", "sluice-grpc"),
@@ -188,6 +223,13 @@ struct RunOnly {
     run: RunArgs,
 }
 
+/// `prog-cost`'s arguments with their defaults, as the command line would give them.
+#[derive(Parser)]
+struct ProgCostOnly {
+    #[command(flatten)]
+    args: ProgCostArgs,
+}
+
 /// Runs the matrix and writes the results; returns the output directory.
 pub fn run(c: &CompareArgs) -> Result<PathBuf> {
     crate::clock::now_ns();
@@ -209,6 +251,18 @@ pub fn run(c: &CompareArgs) -> Result<PathBuf> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let rounds = if c.quick {
+        PROG_COST_ROUNDS.1
+    } else {
+        PROG_COST_ROUNDS.0
+    };
+    let prog_cost = ProgCostOnly::try_parse_from(["prog-cost", "--rounds", &rounds.to_string()])
+        .map_err(anyhow::Error::from)
+        .and_then(|p| prog_cost::run(&p.args))
+        .map_err(|e| {
+            eprintln!("sluice-bench: prog-cost: {e:#}");
+            format!("{e:#}")
+        });
     let cases = matrix(c.quick, rtpengine.is_some());
     let bar = indicatif::ProgressBar::new(cases.len() as u64);
     bar.set_style(
@@ -258,6 +312,7 @@ pub fn run(c: &CompareArgs) -> Result<PathBuf> {
         quick: c.quick,
         machine: Machine::probe(),
         rtpengine: rtpengine.as_deref().and_then(crate::rtpengine::version),
+        prog_cost,
         cases: done,
     };
     std::fs::write(
@@ -315,17 +370,19 @@ fn share_in(c: &Comparison, forwarder: &str, round: u32) -> Option<f64> {
 
 /// The forwarder's share over the rounds: the median, and the lowest and highest.
 fn shares(c: &Comparison, forwarder: &str) -> Option<(f64, f64, f64)> {
-    let mut v: Vec<f64> = c
+    let v = c
         .cases
         .iter()
         .filter(|k| k.scenario == "flood-rate" && k.forwarder == forwarder)
         .filter_map(|k| share_in(c, forwarder, k.round))
         .collect();
-    if v.is_empty() {
-        return None;
-    }
+    median_range(v)
+}
+
+/// The median (the upper one of an even count), lowest and highest value.
+fn median_range(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
     v.sort_by(f64::total_cmp);
-    Some((v[v.len() / 2], v[0], v[v.len() - 1]))
+    Some((*v.get(v.len() / 2)?, *v.first()?, *v.last()?))
 }
 
 /// The median share.
@@ -353,9 +410,40 @@ fn program_ns(r: &Report) -> Option<f64> {
     (runs > 0).then(|| time as f64 / runs as f64)
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// Over the rounds of `scenario`: `forwarder`'s program cost divided by `floor`'s in the same
+/// round (the rounds drift together); the median, lowest and highest.
+fn round_ratios(
+    c: &Comparison,
+    scenario: &str,
+    forwarder: &str,
+    floor: &str,
+) -> Option<(f64, f64, f64)> {
+    let v = c
+        .cases
+        .iter()
+        .filter(|k| k.scenario == scenario && k.forwarder == forwarder)
+        .filter_map(|k| {
+            let prog = program_ns(k.report.as_ref()?)?;
+            let floor = program_ns(find_round(c, scenario, floor, k.round)?)?;
+            (floor > 0.0).then_some(prog / floor)
+        })
+        .collect();
+    median_range(v)
+}
+
+/// A median ratio with its range when there were several rounds.
+fn ratio_range(r: Option<(f64, f64, f64)>) -> String {
+    match r {
+        Some((m, lo, hi)) if lo < hi => format!("{m:.2}x (rounds {lo:.2}-{hi:.2}x)"),
+        Some((m, _, _)) => format!("{m:.2}x"),
+        None => "n/a".into(),
+    }
+}
+
+/// `a / b` to `digits` decimals (program costs differ by tenths, the rest by more).
+fn ratio(a: Option<f64>, b: Option<f64>, digits: usize) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.1}x", a / b),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.digits$}x", a / b),
         _ => "n/a".into(),
     }
 }
@@ -402,45 +490,81 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(
         o,
         "| CPU per forwarded packet, userspace / XDP (forwarder's share) | {} |",
-        ratio(user_share, xdp_share)
+        ratio(user_share, xdp_share, 1)
     );
     if c.rtpengine.is_some() {
         let _ = writeln!(
             o,
             "| CPU per forwarded packet, rtpengine / Sluice XDP | {} |",
-            ratio(engine_share, xdp_share)
+            ratio(engine_share, xdp_share, 1)
         );
         let _ = writeln!(
             o,
             "| CPU per forwarded packet, rtpengine / Sluice userspace | {} |",
-            ratio(engine_share, user_share)
+            ratio(engine_share, user_share, 1)
+        );
+    }
+    if let Ok(p) = &c.prog_cost {
+        let [_, reflector, redirect, tx, reflector_redirect] = p.stats_ns;
+        let _ = writeln!(
+            o,
+            "| XDP program cost, BPF_PROG_TEST_RUN: XDP_TX / XDP_TX reflector | {:.2}x |",
+            tx / reflector
+        );
+        let _ = writeln!(
+            o,
+            "| XDP program cost, BPF_PROG_TEST_RUN: redirect / redirecting reflector | {:.2}x \
+             (/ XDP_TX reflector {:.2}x) |",
+            redirect / reflector_redirect,
+            redirect / reflector
         );
     }
     let _ = writeln!(
         o,
-        "| XDP program cost / XDP_TX reflector, routed (Sluice redirects) | {} |",
-        ratio(xdp_prog, reflector_prog)
+        "| XDP program cost under load, one-armed: Sluice / XDP_TX reflector (both XDP_TX) | {} |",
+        ratio_range(round_ratios(c, "load-one-arm", "sluice-xdp", "reflector"))
     );
     let _ = writeln!(
         o,
-        "| XDP program cost / XDP_TX reflector, one-armed (both XDP_TX) | {} |",
-        ratio(xdp_tx_prog, reflector_tx_prog)
+        "| XDP program cost under load, routed: Sluice / redirecting reflector (both redirect) \
+         | {} |",
+        ratio_range(round_ratios(
+            c,
+            "load-routed",
+            "sluice-xdp",
+            "reflector-redirect"
+        ))
+    );
+    let _ = writeln!(
+        o,
+        "| XDP program cost under load, routed: Sluice (redirect) / XDP_TX reflector | {} |",
+        ratio_range(round_ratios(c, "load-routed", "sluice-xdp", "reflector"))
+    );
+    let _ = writeln!(
+        o,
+        "| XDP program cost at a fixed rate, routed: Sluice (redirect) / XDP_TX reflector | {} |",
+        ratio(xdp_prog, reflector_prog, 2)
+    );
+    let _ = writeln!(
+        o,
+        "| XDP program cost at a fixed rate, one-armed: Sluice / XDP_TX reflector | {} |",
+        ratio(xdp_tx_prog, reflector_tx_prog, 2)
     );
     let _ = writeln!(
         o,
         "| packets delivered at saturation, XDP / userspace | {} |",
-        ratio(max("sluice-xdp"), max("sluice-user"))
+        ratio(max("sluice-xdp"), max("sluice-user"), 1)
     );
     if c.rtpengine.is_some() {
         let _ = writeln!(
             o,
             "| packets delivered at saturation, XDP / rtpengine | {} |",
-            ratio(max("sluice-xdp"), max("rtpengine"))
+            ratio(max("sluice-xdp"), max("rtpengine"), 1)
         );
         let _ = writeln!(
             o,
             "| control cycles per second, Sluice (rtpproxy protocol) / rtpengine (ng) | {} |",
-            ratio(cycles("sluice-user"), cycles("rtpengine"))
+            ratio(cycles("sluice-user"), cycles("rtpengine"), 1)
         );
     }
     let _ = writeln!(
@@ -530,10 +654,11 @@ pub fn markdown(c: &Comparison) -> String {
             if k.forwarder == "reflector" {
                 "(floor)".into()
             } else {
-                ratio(prog, floor)
+                ratio(prog, floor, 2)
             },
         );
     }
+    program_cost(&mut o, c);
     let _ = writeln!(o, "\n## Flood at saturation (namespace topology)\n");
     let _ = writeln!(
         o,
@@ -639,6 +764,86 @@ pub fn markdown(c: &Comparison) -> String {
     o
 }
 
+/// The program-cost section: BPF_PROG_TEST_RUN, then the rounds under load.
+fn program_cost(o: &mut String, c: &Comparison) {
+    let _ = writeln!(o, "\n## XDP program cost\n");
+    let _ = writeln!(
+        o,
+        "Nanoseconds per program run from `kernel.bpf_stats_enabled` (run_time_ns / run_cnt).\n"
+    );
+    match &c.prog_cost {
+        Ok(p) => {
+            let _ = writeln!(
+                o,
+                "BPF_PROG_TEST_RUN (the program built into this sluice-bench), median of {} \
+                 alternating rounds x {} runs:\n",
+                p.rounds, p.repeat
+            );
+            let _ = writeln!(
+                o,
+                "| program | test run's timing | bpf_stats |\n|---|---|---|"
+            );
+            for (name, run, stats) in [
+                ("pass-through", p.pass_ns, p.stats_ns[0]),
+                ("XDP_TX reflector", p.reflector_ns, p.stats_ns[1]),
+                (
+                    "redirecting reflector",
+                    p.reflector_redirect_ns,
+                    p.stats_ns[4],
+                ),
+                ("sluice_xdp, redirect", p.sluice_ns, p.stats_ns[2]),
+                ("sluice_xdp, XDP_TX", p.sluice_tx_ns, p.stats_ns[3]),
+            ] {
+                let _ = writeln!(o, "| {name} | {run:.1} ns | {stats:.1} ns |");
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(o, "BPF_PROG_TEST_RUN: failed: {e}");
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nUnder load: unpaced flood, the relay devices' receive processing in kernel threads \
+         (`--napi threaded`); each ratio against the floor of the same round.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| round | topology | forwarder | delivered pps | XDP program | / XDP_TX reflector | / redirecting reflector |\n|---|---|---|---|---|---|---|"
+    );
+    for k in c.cases.iter().filter(|k| k.scenario.starts_with("load-")) {
+        let topology = k.scenario.trim_start_matches("load-");
+        let Some(f) = k.report.as_ref().and_then(|r| r.flood.as_ref()) else {
+            let _ = write!(o, "| {} | {topology} ", k.round);
+            failed_row(o, k, 5);
+            continue;
+        };
+        let prog = k.report.as_ref().and_then(program_ns);
+        let against = |floor: &str| {
+            if k.forwarder == floor {
+                return "(floor)".to_string();
+            }
+            // One floor against the other says nothing about Sluice.
+            if k.forwarder.starts_with("reflector") {
+                return String::new();
+            }
+            match find_round(c, k.scenario, floor, k.round) {
+                Some(r) => ratio(prog, program_ns(r), 2),
+                None => "".into(),
+            }
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {topology} | {} | {:.0} | {} | {} | {} |",
+            k.round,
+            k.forwarder,
+            f.delivered_pps,
+            prog.map_or("-".into(), |p| format!("{p:.1} ns")),
+            against("reflector"),
+            against("reflector-redirect"),
+        );
+    }
+}
+
 /// A table row for a case that produced no report: the error spans the remaining columns.
 fn failed_row(o: &mut String, k: &Case, columns: usize) {
     let _ = writeln!(
@@ -712,6 +917,11 @@ mod tests {
             ("flood-rate", "rtpengine"),
             ("flood-one-arm", "reflector"),
             ("flood-one-arm", "sluice-xdp"),
+            ("load-routed", "reflector"),
+            ("load-routed", "reflector-redirect"),
+            ("load-routed", "sluice-xdp"),
+            ("load-one-arm", "reflector"),
+            ("load-one-arm", "sluice-xdp"),
             ("flood-max", "sluice-xdp"),
             ("control", "sluice-grpc"),
             ("control", "rtpengine"),
@@ -732,6 +942,16 @@ mod tests {
         };
         assert_eq!(rounds(&cases), 1);
         assert_eq!(rounds(&matrix(false, true)), RATE_ROUNDS as usize);
+        // Under load the relay devices' NAPI runs threaded, which needs a namespace topology.
+        for (scenario, _, _, args) in &cases {
+            if scenario.starts_with("load-") {
+                assert!(
+                    args.windows(2).any(|w| w == ["--napi", "threaded"]),
+                    "{args:?}"
+                );
+                assert!(!args.iter().any(|a| a == "--rate"), "{args:?}");
+            }
+        }
         for (_, _, _, args) in &cases {
             let mut argv = vec!["run".to_string()];
             argv.extend(args.iter().cloned());
@@ -746,15 +966,28 @@ mod tests {
 
     #[test]
     fn ratios_and_markdown_without_results() {
-        assert_eq!(ratio(Some(2474.0), Some(447.0)), "5.5x");
-        assert_eq!(ratio(None, Some(1.0)), "n/a");
-        assert_eq!(ratio(Some(1.0), Some(0.0)), "n/a");
+        assert_eq!(ratio(Some(2474.0), Some(447.0), 1), "5.5x");
+        assert_eq!(ratio(None, Some(1.0), 1), "n/a");
+        assert_eq!(ratio(Some(1.0), Some(0.0), 1), "n/a");
+        assert_eq!(ratio(Some(37.3), Some(24.4), 2), "1.53x");
+        assert_eq!(median_range(vec![]), None);
+        assert_eq!(
+            median_range(vec![1.55, 1.48, 1.53]),
+            Some((1.53, 1.48, 1.55))
+        );
+        assert_eq!(
+            ratio_range(Some((1.53, 1.48, 1.55))),
+            "1.53x (rounds 1.48-1.55x)"
+        );
+        assert_eq!(ratio_range(Some((1.5, 1.5, 1.5))), "1.50x");
+        assert_eq!(ratio_range(None), "n/a");
         let c = Comparison {
             date_utc: "2026-11-25T00:00:00Z".into(),
             git_commit: None,
             quick: true,
             machine: Machine::probe(),
             rtpengine: None,
+            prog_cost: Err("not run".into()),
             cases: vec![Case {
                 scenario: "flood-rate",
                 forwarder: "sluice-xdp",
