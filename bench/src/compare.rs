@@ -431,6 +431,23 @@ fn round_ratios(
     median_range(v)
 }
 
+/// Another forwarder's share over Sluice XDP's. XDP's share is a difference of two totals a
+/// few hundred ns apart and can come out at or below zero (XDP as cheap as the reflector
+/// within the noise); a ratio over that would be meaningless, so the bound from XDP's highest
+/// round is given instead.
+fn over_xdp_share(other: Option<f64>, xdp: Option<(f64, f64, f64)>) -> String {
+    match (other, xdp) {
+        (Some(_), Some((median, _, _))) if median > 0.0 => ratio(other, Some(median), 1),
+        (Some(other), Some((median, lo, hi))) if hi > 0.0 => format!(
+            "at least {:.1}x (Sluice XDP's share is within the noise of the floor: median \
+             {median:.0} ns, rounds {lo:.0} to {hi:.0} ns; bound from the highest round)",
+            other / hi
+        ),
+        (Some(_), Some(_)) => "XDP's share at or below the floor in every round".into(),
+        _ => "n/a".into(),
+    }
+}
+
 /// A median ratio with its range when there were several rounds.
 fn ratio_range(r: Option<(f64, f64, f64)>) -> String {
     match r {
@@ -474,7 +491,7 @@ pub fn markdown(c: &Comparison) -> String {
                 ", rtpengine {v}"
             ))
     );
-    let xdp_share = share(c, "sluice-xdp");
+    let xdp_shares = shares(c, "sluice-xdp");
     let user_share = share(c, "sluice-user");
     let engine_share = share(c, "rtpengine");
     let reflector_prog = median_program_ns(c, "flood-rate", "reflector");
@@ -490,13 +507,13 @@ pub fn markdown(c: &Comparison) -> String {
     let _ = writeln!(
         o,
         "| CPU per forwarded packet, userspace / XDP (forwarder's share) | {} |",
-        ratio(user_share, xdp_share, 1)
+        over_xdp_share(user_share, xdp_shares)
     );
     if c.rtpengine.is_some() {
         let _ = writeln!(
             o,
             "| CPU per forwarded packet, rtpengine / Sluice XDP | {} |",
-            ratio(engine_share, xdp_share, 1)
+            over_xdp_share(engine_share, xdp_shares)
         );
         let _ = writeln!(
             o,
@@ -622,7 +639,7 @@ pub fn markdown(c: &Comparison) -> String {
             let _ = writeln!(
                 o,
                 "- {f}: forwarder's share {median:.0} ns per packet (median of the rounds; \
-                 {lo:.0}-{hi:.0})"
+                 {lo:.0} to {hi:.0})"
             );
         }
     }
@@ -981,6 +998,19 @@ mod tests {
         );
         assert_eq!(ratio_range(Some((1.5, 1.5, 1.5))), "1.50x");
         assert_eq!(ratio_range(None), "n/a");
+        assert_eq!(
+            over_xdp_share(Some(2900.0), Some((260.0, 140.0, 400.0))),
+            "11.2x"
+        );
+        assert!(
+            over_xdp_share(Some(2839.0), Some((-60.0, -320.0, 320.0)))
+                .starts_with("at least 8.9x (Sluice XDP's share is within the noise")
+        );
+        assert_eq!(
+            over_xdp_share(Some(2839.0), Some((-60.0, -320.0, -10.0))),
+            "XDP's share at or below the floor in every round"
+        );
+        assert_eq!(over_xdp_share(None, Some((1.0, 1.0, 1.0))), "n/a");
         let c = Comparison {
             date_utc: "2026-11-25T00:00:00Z".into(),
             git_commit: None,
