@@ -106,28 +106,10 @@ impl Testbed {
     /// to back, as a NIC's receive batches are. Only after an XDP program is attached: a veth
     /// has no NAPI instance before (the kernel then refuses with EIO, reported here).
     pub fn thread_relay_napi(&self) -> Result<()> {
-        let ns = self.topo.ns(Role::Relay);
         for &dev in self.topo.relay_devs() {
-            // sysfs shows the devices of the namespace it was mounted in; `ip netns exec`
-            // mounts the relay's.
-            let path = format!("/sys/class/net/{dev}/threaded");
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &ns,
-                    "sh",
-                    "-c",
-                    &format!("echo 1 > {path}"),
-                ])
-                .output()
-                .context("running ip netns exec")?;
-            if !out.status.success() {
-                anyhow::bail!(
-                    "threaded NAPI on {dev} in {ns}: {}",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            self.topo
+                .thread_napi(Role::Relay, dev)
+                .with_context(|| format!("threaded NAPI on {dev}"))?;
         }
         Ok(())
     }

@@ -291,6 +291,20 @@ impl Topology {
         ])
     }
 
+    /// Moves `dev`'s receive processing (NAPI) in `role`'s namespace into kernel threads.
+    pub fn thread_napi(&self, role: Role, dev: &str) -> Result<(), TopoError> {
+        // sysfs shows the devices of the namespace it was mounted in; `ip netns exec` mounts
+        // the one it enters.
+        ip(&[
+            "netns",
+            "exec",
+            &self.ns(role),
+            "sh",
+            "-c",
+            &format!("echo 1 > /sys/class/net/{dev}/threaded"),
+        ])
+    }
+
     /// Runs `f` on a thread inside `role`'s namespace. Sockets and BPF links created there stay
     /// in that namespace when used from other threads afterwards.
     pub fn run_in<R: Send>(
