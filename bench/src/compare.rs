@@ -278,7 +278,7 @@ pub fn run(c: &CompareArgs) -> Result<PathBuf> {
         argv.push("--quiet".into());
         if let Some(bin) = &c.relay_bin
             && !forwarder.starts_with("rtpengine")
-            && forwarder != "reflector"
+            && !forwarder.starts_with("reflector")
         {
             argv.extend(["--relay-bin".to_string(), bin.display().to_string()]);
         }
